@@ -1,0 +1,19 @@
+"""tidegate: answer 503 Service Unavailable the right way.
+
+Shed load a process cannot carry, go into maintenance without a restart, fail fast when a
+dependency is down, drain during deploys, and always say when to come back (``Retry-After``).
+"""
+
+from tidegate._tidegate import (
+    CapacityGate,
+    Permit,
+    RetryAfter,
+    __version__,
+)
+
+__all__ = [
+    "CapacityGate",
+    "Permit",
+    "RetryAfter",
+    "__version__",
+]
