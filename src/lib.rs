@@ -1,18 +1,24 @@
 //! The native core of tidegate. This file only registers what the other modules define.
 
+pub mod accept;
 pub mod clock;
 pub mod errors;
 pub mod gate;
 pub mod retry_after;
+pub mod wsgi;
 
 #[pyo3::pymodule(gil_used = false)]
 mod _tidegate {
     use pyo3::prelude::*;
 
     #[pymodule_export]
+    use crate::accept::prefers_html_py;
+    #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
+    #[pymodule_export]
+    use crate::wsgi::{ClosingBody, MiddlewareCore};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

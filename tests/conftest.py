@@ -1,1 +1,138 @@
-"""Shared fixtures."""
+"""Shared fixtures: WSGI apps that record what the middleware does to them, and a tiny
+in-process WSGI server loop that iterates and closes bodies the way real servers do."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+
+class Boom(Exception):
+    """An error the test apps raise on purpose."""
+
+
+@dataclass
+class Reply:
+    status: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def code(self) -> int:
+        return int(self.status.split()[0])
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def environ_for(path: str = "/", method: str = "GET", **extra: str) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+    }
+    environ.update(extra)
+    return environ
+
+
+def call(app: Any, path: str = "/", method: str = "GET", **extra: str) -> Reply:
+    """Runs one request the way a server does: call, iterate, close."""
+    captured: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured[:] = [status, headers]
+        return lambda data: None
+
+    body = app(environ_for(path, method, **extra), start_response)
+    try:
+        data = b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    status, headers = captured
+    return Reply(status, dict(headers), data)
+
+
+@dataclass
+class RecordingApp:
+    """A WSGI app whose behaviour is chosen by path, recording how many requests are inside it
+    at once (a streamed body counts as inside until it is closed or exhausted).
+
+    ``/`` answers at once; ``/stream`` yields three chunks; ``/raise`` raises before
+    ``start_response``; ``/raise-midway`` yields a chunk then raises; ``/wait`` blocks on
+    ``self.gate_open`` (an Event) before answering.
+    """
+
+    inside: int = 0
+    worst: int = 0
+    calls: int = 0
+    closed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    gate_open: threading.Event = field(default_factory=threading.Event)
+
+    def _enter(self) -> None:
+        with self.lock:
+            self.calls += 1
+            self.inside += 1
+            self.worst = max(self.worst, self.inside)
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        self._enter()
+        if path == "/raise":
+            self._leave()
+            raise Boom("before start_response")
+        if path in ("/stream", "/raise-midway"):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return self._stream(raise_midway=path == "/raise-midway")
+        try:
+            if path == "/wait":
+                self.gate_open.wait(10)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+        finally:
+            self._leave()
+
+    def _stream(self, *, raise_midway: bool) -> Iterable[bytes]:
+        return _StreamBody(self, raise_midway)
+
+
+class _StreamBody:
+    """A streamed body with ``close()``: the request stays inside the app until it is closed."""
+
+    def __init__(self, app: RecordingApp, raise_midway: bool) -> None:
+        self.app = app
+        self.raise_midway = raise_midway
+        self.done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"one "
+        if self.raise_midway:
+            raise Boom("midway")
+        yield b"two "
+        yield b"three"
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            with self.app.lock:
+                self.app.closed += 1
+            self.app._leave()
+
+
+@pytest.fixture
+def recording_app() -> RecordingApp:
+    return RecordingApp()

@@ -38,10 +38,9 @@ def test_release_is_idempotent() -> None:
 
 def test_context_manager_releases_even_on_error() -> None:
     gate = CapacityGate(1)
-    with pytest.raises(RuntimeError):
-        with gate.try_acquire() as permit:  # type: ignore[union-attr]
-            assert gate.in_flight == 1
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), gate.try_acquire() as permit:  # type: ignore[union-attr]
+        assert gate.in_flight == 1
+        raise RuntimeError("boom")
     assert permit.released
     assert gate.in_flight == 0
 
@@ -73,8 +72,14 @@ def test_limit_is_settable_and_validated() -> None:
 
 @pytest.mark.parametrize(
     ("bad", "error"),
-    [(0, ValueError), (-5, ValueError), (1.5, TypeError), ("3", TypeError), (None, TypeError),
-     (True, TypeError)],
+    [
+        (0, ValueError),
+        (-5, ValueError),
+        (1.5, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
 )
 def test_bad_limit_names_the_parameter(bad: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="limit") as info:

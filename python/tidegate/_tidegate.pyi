@@ -1,9 +1,22 @@
 """Stubs for the native core. Their docstrings are the API reference."""
 
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-__version__: str
+from typing_extensions import disjoint_base, final
 
+__version__: str
+__all__ = [
+    "CapacityGate",
+    "ClosingBody",
+    "MiddlewareCore",
+    "Permit",
+    "RetryAfter",
+    "__version__",
+    "prefers_html",
+]
+
+@final
 class CapacityGate:
     """A concurrency limit that sheds excess work at once.
 
@@ -12,7 +25,7 @@ class CapacityGate:
     come back.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __new__(cls, limit: int) -> CapacityGate:
         """``limit`` is an int >= 1 (``ValueError``/``TypeError`` otherwise)."""
 
     @property
@@ -46,6 +59,7 @@ class CapacityGate:
         Returns ``None`` when the time runs out. Signals (Ctrl-C) interrupt the wait.
         """
 
+@final
 class Permit:
     """One admitted unit of work, released exactly once.
 
@@ -69,5 +83,43 @@ class Permit:
         /,
     ) -> bool: ...
 
+@final
 class RetryAfter:
     """When a client may come back: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+
+def prefers_html(accept: str) -> bool:
+    """Whether an ``Accept`` header value ranks ``text/html`` above ``application/json``.
+
+    Ties, an empty value and ``*/*`` go to JSON.
+    """
+
+@disjoint_base
+class MiddlewareCore:
+    """The per-request half of :class:`tidegate.wsgi.TideGateMiddleware`. Not for direct use."""
+
+    def __new__(cls, *_args: object, **_kwargs: object) -> MiddlewareCore: ...
+    def _configure(
+        self,
+        *,
+        app: object,
+        gate: CapacityGate | None,
+        routes: dict[str, object],
+        on_dependency: object,
+        dependency_error: object,
+        overload_status: str,
+        overload_variants: list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]], bytes]],
+    ) -> None: ...
+    def __call__(self, environ: dict[str, object], start_response: object) -> Iterable[bytes]: ...
+
+@final
+class ClosingBody:
+    """The response iterable the middleware hands to the server.
+
+    Iterating it iterates the app's body; ``close()`` closes that body first and then gives the
+    permit back, exactly once. Dropped unclosed, it gives the permit back then.
+    """
+
+    def __iter__(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+    @property
+    def released(self) -> bool: ...

@@ -1,0 +1,290 @@
+"""The Flask extension: hooks that own their permit, config keys, exemptions, 503 handlers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, Response, abort, stream_with_context
+
+from tidegate import CapacityGate
+from tidegate.flask import TideGate, TideGateState, TideGateUnavailable
+
+
+def make_app(**config: Any) -> Flask:
+    app = Flask("tidegate_test")
+    app.config.update(config)
+
+    @app.get("/")
+    def index() -> str:
+        return "hello"
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def chunks() -> Iterator[str]:
+            yield "a"
+            yield "b"
+
+        return Response(stream_with_context(chunks()))
+
+    return app
+
+
+def state(app: Flask) -> TideGateState:
+    found: TideGateState = app.extensions["tidegate"]
+    return found
+
+
+def test_admits_and_releases() -> None:
+    app = make_app()
+    TideGate(app, limit=2)
+    client = app.test_client()
+    assert client.get("/").text == "hello"
+    assert state(app).gate.in_flight == 0
+    assert state(app).gate.admitted == 1
+
+
+def test_sheds_with_the_full_503() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+    held = state(app).gate.try_acquire()
+    reply = app.test_client().get("/")
+    assert reply.status_code == 503
+    assert reply.headers["Retry-After"] == "1"
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.json is not None and reply.json["reason"] == "overload"
+    assert int(reply.headers["Content-Length"]) == len(reply.data)
+    held.release()
+    assert state(app).gate.in_flight == 0, "a rejected request released nothing"
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_rejected_requests_release_nothing_under_overload() -> None:
+    """The seed's bug: rejected requests decremented the counter in teardown, so the gate
+    melted. Here the slot held outside stays held through any number of rejections."""
+    app = make_app()
+    TideGate(app, limit=1)
+    held = state(app).gate.try_acquire()
+    client = app.test_client()
+    for _ in range(50):
+        assert client.get("/").status_code == 503
+    assert state(app).gate.in_flight == 1
+    held.release()
+
+
+def test_a_request_short_circuited_by_an_earlier_hook_releases_nothing() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+
+    def deny() -> tuple[str, int]:
+        return "denied", 403
+
+    # Runs before tidegate's hook, so tidegate never takes a permit for this request.
+    app.before_request_funcs[None].insert(0, deny)
+    held = state(app).gate.try_acquire()
+    assert app.test_client().get("/").status_code == 403
+    assert state(app).gate.in_flight == 1
+    held.release()
+    assert state(app).gate.in_flight == 0
+
+
+def test_a_request_short_circuited_by_a_later_hook_gives_its_permit_back() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+
+    @app.before_request
+    def deny() -> tuple[str, int]:
+        return "denied", 403
+
+    for _ in range(5):
+        assert app.test_client().get("/").status_code == 403
+    assert state(app).gate.in_flight == 0
+
+
+def test_a_view_that_raises_gives_its_permit_back() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    with app.test_client().get("/boom") as reply:
+        assert reply.status_code == 500
+    assert state(app).gate.in_flight == 0
+
+
+def test_a_streamed_response_holds_its_permit_until_closed() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+    client = app.test_client()
+    reply = client.get("/stream", buffered=False)
+    assert state(app).gate.in_flight == 1, "teardown ran, but the body is still open"
+    assert client.get("/").status_code == 503
+    assert b"".join(reply.response) == b"ab"  # type: ignore[arg-type]
+    reply.close()
+    assert state(app).gate.in_flight == 0
+    assert client.get("/").status_code == 200
+
+
+def test_exempt_views_bare_and_with_arguments() -> None:
+    app = make_app()
+    ext = TideGate(app, limit=1)
+
+    @app.get("/free")
+    @ext.exempt
+    def free() -> str:
+        return "free"
+
+    @app.get("/ungated")
+    @ext.exempt(maintenance=False)
+    def ungated() -> str:
+        return "ungated"
+
+    held = state(app).gate.try_acquire()
+    client = app.test_client()
+    assert client.get("/free").text == "free"
+    assert client.get("/ungated").text == "ungated"
+    assert client.get("/").status_code == 503
+    held.release()
+    assert state(app).gate.in_flight == 0
+
+
+def test_config_keys_and_constructor_precedence() -> None:
+    app = make_app(TIDEGATE_LIMIT=3, TIDEGATE_RETRY_AFTER=7)
+    TideGate(app, retry_after=9)
+    assert state(app).gate.limit == 3
+    held = [state(app).gate.try_acquire() for _ in range(3)]
+    reply = app.test_client().get("/")
+    assert reply.headers["Retry-After"] == "9", "constructor arguments win over config"
+    for permit in held:
+        assert permit is not None
+        permit.release()
+
+
+def test_bad_config_names_the_parameter() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        TideGate(make_app(TIDEGATE_LIMIT=0))
+    with pytest.raises(TypeError, match="limitt"):
+        TideGate(limitt=3)
+
+
+def test_double_registration_raises() -> None:
+    app = make_app()
+    ext = TideGate(app, limit=1)
+    with pytest.raises(RuntimeError, match="already registered"):
+        ext.init_app(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        TideGate(app)
+
+
+def test_one_extension_serves_several_apps_with_their_own_gates() -> None:
+    ext = TideGate(limit=1)
+    first, second = make_app(), make_app()
+    ext.init_app(first)
+    ext.init_app(second)
+    held = state(first).gate.try_acquire()
+    assert first.test_client().get("/").status_code == 503
+    assert second.test_client().get("/").status_code == 200
+    held.release()
+    assert state(first).extension is state(second).extension is ext
+    assert state(first).gate is not state(second).gate
+
+
+def test_a_shared_gate_can_be_passed_in() -> None:
+    gate = CapacityGate(1)
+    app = make_app()
+    TideGate(app, gate=gate)
+    held = gate.try_acquire()
+    assert app.test_client().get("/").status_code == 503
+    held.release()
+
+
+def test_retry_after_survives_the_apps_own_503_handler() -> None:
+    app = make_app()
+    TideGate(app, limit=1, retry_after=42)
+    seen: list[Any] = []
+
+    @app.errorhandler(503)
+    def custom(error: Any) -> tuple[str, int]:
+        seen.append(error)
+        return "our own busy page", 503
+
+    held = state(app).gate.try_acquire()
+    reply = app.test_client().get("/")
+    held.release()
+    assert reply.status_code == 503
+    assert reply.text == "our own busy page"
+    assert reply.headers["Retry-After"] == "42"
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert isinstance(seen[0], TideGateUnavailable) and seen[0].reason == "overload"
+
+
+def test_the_apps_own_503s_are_left_alone() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+
+    @app.get("/down")
+    def down() -> str:
+        abort(503)
+
+    with app.test_client().get("/down") as reply:
+        assert reply.status_code == 503
+        assert "Retry-After" not in reply.headers
+    assert state(app).gate.in_flight == 0
+
+
+def test_html_for_browsers_and_head_without_body() -> None:
+    app = make_app()
+    TideGate(app, limit=1)
+    held = state(app).gate.try_acquire()
+    client = app.test_client()
+    page = client.get("/", headers={"Accept": "text/html"})
+    head = client.head("/")
+    held.release()
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert b"<!doctype html>" in page.data
+    assert head.status_code == 503 and head.data == b""
+    assert head.headers["Retry-After"] == "1"
+
+
+def test_many_threads_never_push_a_view_past_the_limit() -> None:
+    app = Flask("threads")
+    limit, threads, rounds = 3, 32, 40
+    inside = 0
+    worst = 0
+    lock = threading.Lock()
+
+    @app.get("/")
+    def index() -> str:
+        nonlocal inside, worst
+        with lock:
+            inside += 1
+            worst = max(worst, inside)
+        with lock:
+            inside -= 1
+        return "ok"
+
+    TideGate(app, limit=limit)
+    codes: list[int] = []
+    start = threading.Barrier(threads)
+
+    def client() -> None:
+        start.wait()
+        c = app.test_client()
+        mine = [c.get("/").status_code for _ in range(rounds)]
+        with lock:
+            codes.extend(mine)
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    gate = state(app).gate
+    assert worst <= limit
+    assert gate.in_flight == 0
+    assert gate.admitted == codes.count(200)
+    assert gate.admitted + gate.rejected == threads * rounds

@@ -1,0 +1,344 @@
+"""TideGateMiddleware: shedding, the 503 response, permits that never leak."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+from typing import Any
+
+import pytest
+from conftest import Boom, RecordingApp, call, environ_for
+
+from tidegate import CapacityGate
+from tidegate.wsgi import TideGateMiddleware
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
+def test_admitted_requests_pass_through_and_release(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=2)
+    reply = call(mw, "/")
+    assert (reply.code, reply.body) == (200, b"ok")
+    assert mw.gate.in_flight == 0
+    assert (mw.gate.admitted, mw.gate.rejected) == (1, 0)
+
+
+def test_overload_gets_the_full_503_and_never_reaches_the_app(
+    recording_app: RecordingApp,
+) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    held = mw(environ_for("/stream"), start_response)
+    reply = call(mw, "/")
+    assert reply.status == "503 Service Unavailable"
+    assert reply.headers["Retry-After"] == "1"
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.headers["Content-Type"] == "application/json"
+    assert int(reply.headers["Content-Length"]) == len(reply.body)
+    assert reply.json() == {
+        "error": "Service Unavailable",
+        "reason": "overload",
+        "message": reply.json()["message"],
+        "retry_after": 1,
+        "estimated_return": None,
+    }
+    assert isinstance(reply.json()["message"], str) and reply.json()["message"]
+    assert recording_app.calls == 1, "the shed request never ran"
+    held.close()
+    assert mw.gate.in_flight == 0
+    assert call(mw, "/").code == 200
+
+
+def test_browsers_get_a_self_contained_escaped_page(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(
+        recording_app,
+        limit=1,
+        messages={"overload": "<script>alert(1)</script> busy & full"},
+        status_url='https://status.example/?a="b"',
+    )
+    held = mw(environ_for("/stream"), start_response)
+    reply = call(mw, "/", HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8")
+    held.close()
+    page = reply.body.decode()
+    assert reply.code == 503
+    assert reply.headers["Content-Type"].startswith("text/html")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; busy &amp; full" in page
+    assert "<script>" not in page
+    assert 'href="https://status.example/?a=&quot;b&quot;"' in page
+    assert "http" not in page.replace("https://status.example/?a=&quot;b&quot;", "")
+
+
+def test_head_gets_headers_and_no_body(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    held = mw(environ_for("/stream"), start_response)
+    reply = call(mw, "/", method="HEAD")
+    held.close()
+    assert reply.code == 503
+    assert reply.body == b""
+    assert reply.headers["Retry-After"] == "1"
+    assert int(reply.headers["Content-Length"]) > 0
+
+
+def test_jitter_spreads_retry_after(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1, retry_after=5, retry_jitter=4)
+    held = mw(environ_for("/stream"), start_response)
+    seen = set()
+    for _ in range(400):
+        reply = call(mw, "/")
+        value = int(reply.headers["Retry-After"])
+        assert reply.json()["retry_after"] == value
+        seen.add(value)
+    held.close()
+    assert seen == {5, 6, 7, 8, 9}
+
+
+def test_an_app_that_raises_gives_the_permit_back_at_once(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    with pytest.raises(Boom):
+        mw(environ_for("/raise"), start_response)
+    assert mw.gate.in_flight == 0
+    assert call(mw, "/").code == 200
+
+
+def test_a_streamed_body_holds_its_permit_until_closed(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    body = mw(environ_for("/stream"), start_response)
+    chunks = iter(body)
+    assert next(chunks) == b"one "
+    assert mw.gate.in_flight == 1
+    assert call(mw, "/").code == 503
+    assert b"".join(chunks) == b"two three"
+    assert mw.gate.in_flight == 1, "exhausted is not closed: the server still owns it"
+    body.close()
+    assert mw.gate.in_flight == 0
+    assert recording_app.closed == 1
+
+
+@pytest.mark.parametrize("how", ["raise-midway", "early-close", "never-iterated", "never-closed"])
+def test_no_way_of_ending_a_body_leaks(recording_app: RecordingApp, how: str) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    path = "/raise-midway" if how == "raise-midway" else "/stream"
+    body = mw(environ_for(path), start_response)
+    if how == "raise-midway":
+        with pytest.raises(Boom):
+            b"".join(body)
+        body.close()
+    elif how == "early-close":
+        next(iter(body))
+        body.close()
+    elif how == "never-iterated":
+        body.close()
+    else:
+        del body
+        gc.collect()
+    assert mw.gate.in_flight == 0
+    assert call(mw, "/").code == 200
+
+
+def test_closing_twice_releases_once(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=2)
+    first = mw(environ_for("/stream"), start_response)
+    second = mw(environ_for("/stream"), start_response)
+    first.close()
+    first.close()
+    assert mw.gate.in_flight == 1, "a second close must not free the other request's slot"
+    second.close()
+    assert mw.gate.in_flight == 0
+
+
+def test_a_failing_close_still_releases() -> None:
+    class BadBody:
+        def __iter__(self) -> Any:
+            return iter([b"x"])
+
+        def close(self) -> None:
+            raise Boom("close failed")
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return BadBody()
+
+    mw = TideGateMiddleware(app, limit=1)
+    body = mw(environ_for("/"), start_response)
+    with pytest.raises(Boom):
+        body.close()
+    assert mw.gate.in_flight == 0
+
+
+def test_exempt_paths_skip_the_gate(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1, exempt_paths=["/ping"])
+    held = mw(environ_for("/stream"), start_response)
+    assert call(mw, "/ping").code == 200
+    assert call(mw, "/health").code == 503, "custom exempt_paths replace the defaults"
+    held.close()
+
+
+def test_health_paths_are_exempt_by_default(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    held = mw(environ_for("/stream"), start_response)
+    assert call(mw, "/health").code == 200
+    assert call(mw, "/health/live").code == 200
+    assert call(mw, "/other").code == 503
+    held.close()
+
+
+def test_several_bodies_open_at_once_keep_the_limit(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=3)
+    bodies = [mw(environ_for("/stream"), start_response) for _ in range(3)]
+    assert call(mw, "/").code == 503
+    bodies[1].close()
+    assert call(mw, "/").code == 200
+    again = mw(environ_for("/stream"), start_response)
+    assert call(mw, "/").code == 503
+    for body in [*bodies, again]:
+        body.close()
+    assert mw.gate.in_flight == 0
+    assert recording_app.worst <= 3
+
+
+def test_random_faults_over_thousands_of_requests_never_leak() -> None:
+    """Open bodies pile up and are ended in every possible way, in random order; at every step
+    the gate's count equals the bodies still open, and never exceeds the limit."""
+    app = RecordingApp()
+    limit = 5
+    mw = TideGateMiddleware(app, limit=limit)
+    rng = random.Random(1234)
+    open_bodies: list[tuple[str, Any]] = []
+    shed = 0
+    never_closed_streams = 0
+    for _ in range(5_000):
+        action = rng.random()
+        if action < 0.5 or not open_bodies:
+            path = rng.choice(["/", "/stream", "/raise", "/raise-midway"])
+            try:
+                body = mw(environ_for(path), start_response)
+            except Boom:
+                continue
+            if getattr(body, "released", None) is None:
+                shed += 1
+                continue
+            open_bodies.append((path, body))
+        else:
+            path, body = open_bodies.pop(rng.randrange(len(open_bodies)))
+            ending = rng.choice(["iterate", "partial", "close", "drop"])
+            if ending in ("iterate", "partial"):
+                try:
+                    for i, _chunk in enumerate(body):
+                        if ending == "partial" and i == 0:
+                            break
+                except Boom:
+                    pass
+            if ending == "drop":
+                # A server that never calls close(): the permit still comes back, but the
+                # app's own body is never closed, so the app counts that request as open.
+                never_closed_streams += path != "/"
+                del body
+            else:
+                body.close()
+        assert mw.gate.in_flight == len(open_bodies) <= limit
+    for _path, body in open_bodies:
+        body.close()
+    assert mw.gate.in_flight == 0
+    assert mw.gate.peak <= limit
+    assert shed > 0
+    assert app.inside == never_closed_streams
+
+
+def test_many_threads_never_push_the_app_past_the_limit() -> None:
+    app = RecordingApp()
+    limit, threads, rounds = 4, 32, 300
+    mw = TideGateMiddleware(app, limit=limit)
+    codes: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def client() -> None:
+        start.wait()
+        mine = []
+        for i in range(rounds):
+            mine.append(call(mw, "/stream" if i % 2 else "/").code)
+        with lock:
+            codes.extend(mine)
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(codes) == threads * rounds
+    assert set(codes) <= {200, 503}
+    assert app.worst <= limit
+    assert mw.gate.admitted + mw.gate.rejected == threads * rounds
+    assert mw.gate.admitted == codes.count(200)
+    assert mw.gate.in_flight == 0
+
+
+def test_a_shared_gate_counts_across_middlewares(recording_app: RecordingApp) -> None:
+    gate = CapacityGate(1)
+    one = TideGateMiddleware(recording_app, gate=gate)
+    two = TideGateMiddleware(recording_app, gate=gate)
+    held = one(environ_for("/stream"), start_response)
+    assert call(two, "/").code == 503
+    held.close()
+    assert call(two, "/").code == 200
+
+
+def test_without_a_gate_requests_are_not_counted(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app)
+    assert mw.gate is None
+    assert call(mw, "/").code == 200
+
+
+def test_a_non_dict_environ_is_served() -> None:
+    class Environ(dict):  # type: ignore[type-arg]
+        pass
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return [b"fine"]
+
+    mw = TideGateMiddleware(app, limit=1)
+    body = mw(Environ(environ_for("/")), start_response)
+    assert b"".join(body) == b"fine"
+    body.close()
+    assert mw.gate.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "param"),
+    [
+        ({"limit": 0}, ValueError, "limit"),
+        ({"limit": "8"}, TypeError, "limit"),
+        ({"limit": 2, "gate": CapacityGate(2)}, ValueError, "limit"),
+        ({"gate": 3}, TypeError, "gate"),
+        ({"retry_after": -1}, ValueError, "retry_after"),
+        ({"retry_after": 1.5}, TypeError, "retry_after"),
+        ({"retry_jitter": 1000}, ValueError, "retry_jitter"),
+        ({"exempt_paths": "/health"}, TypeError, "exempt_paths"),
+        ({"exempt_paths": ["health"]}, ValueError, "exempt_paths"),
+        ({"health_path": "health"}, ValueError, "health_path"),
+        ({"health": object()}, TypeError, "health"),
+        ({"maintenance": 42}, TypeError, "maintenance"),
+        ({"bypass_networks": ["10.0.0.0/33"]}, ValueError, "bypass_networks"),
+        ({"bypass_networks": "10.0.0.0/8"}, TypeError, "bypass_networks"),
+        ({"trusted_proxies": -1}, ValueError, "trusted_proxies"),
+        ({"bypass_header": "X-Bypass"}, ValueError, "bypass_header"),
+        ({"bypass_header": "X-Bypass", "bypass_token": "short"}, ValueError, "bypass_token"),
+        ({"messages": {"overlaod": "typo"}}, ValueError, "messages"),
+        ({"messages": {"overload": 3}}, TypeError, "messages"),
+        ({"template": "$unclosed ${"}, ValueError, "template"),
+        ({"status_url": 5}, TypeError, "status_url"),
+    ],
+)
+def test_bad_options_name_the_parameter(
+    options: dict[str, Any], error: type[Exception], param: str
+) -> None:
+    with pytest.raises(error, match=param):
+        TideGateMiddleware(RecordingApp(), **options)
+
+
+def test_app_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="app"):
+        TideGateMiddleware("not an app")  # type: ignore[arg-type]
