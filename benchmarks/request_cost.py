@@ -1,0 +1,252 @@
+"""What tidegate adds to one request, in-process, against the baselines it must beat.
+
+Run from a release build (``pip install .``, not an editable debug build)::
+
+    python benchmarks/request_cost.py            # full run, about a minute
+    python benchmarks/request_cost.py --quick    # a smoke run for CI
+
+Every candidate serves the same tiny WSGI app and is driven the way a server drives it (call,
+iterate, close). Candidates run interleaved, several rounds, and the median per-request time
+is reported; "added" is that minus the bare app's. The targets checked at the end:
+
+- admitted path (maintenance switch configured but off): tidegate's middleware adds at most
+  0.4 x what a careful pure-Python gate adds;
+- rejection: a full tidegate 503 is at least 50 x cheaper than the seed's Flask-hook rejection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.test import EnvironBuilder
+
+from tidegate import MaintenanceSwitch
+from tidegate.flask import TideGate
+from tidegate.wsgi import TideGateMiddleware
+
+HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "2")]
+BODY = [b"ok"]
+
+App = Callable[[dict[str, Any], Any], Iterable[bytes]]
+
+
+def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", HEADERS)
+    return BODY
+
+
+class PassThrough:
+    """The floor: a middleware that only forwards the call."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.app(environ, start_response)
+
+
+class _Closing:
+    __slots__ = ("_done", "_inner", "_release")
+
+    def __init__(self, inner: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+        self._done = False
+
+    def __iter__(self) -> Any:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._done:
+                self._done = True
+                self._release()
+
+
+class CarefulPythonGate:
+    """What a careful engineer writes by hand: a lock, a counter, and a body wrapper that
+    releases in close() exactly once."""
+
+    def __init__(self, app: App, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def _release(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with self.lock:
+            if self.in_flight >= self.limit:
+                start_response("503 Service Unavailable", [("Retry-After", "1")])
+                return [b""]
+            self.in_flight += 1
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._release()
+            raise
+        return _Closing(body, self._release)
+
+
+def seed_flask_app(max_connections: int) -> Flask:
+    """The Flask hooks from the document tidegate grew out of, as written there."""
+    app = Flask("seed")
+    state = {"active": 0}
+    lock = threading.Lock()
+
+    @app.before_request
+    def check_capacity() -> Any:
+        with lock:
+            if state["active"] >= max_connections:
+                response = jsonify(
+                    error="Service Unavailable",
+                    message="Server at capacity. Retry shortly.",
+                    retry_after=30,
+                )
+                response.status_code = 503
+                response.headers["Retry-After"] = "30"
+                return response
+            state["active"] += 1
+        return None
+
+    @app.teardown_request
+    def release_connection(exception: BaseException | None = None) -> None:
+        with lock:
+            state["active"] = max(0, state["active"] - 1)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    return app
+
+
+def plain_flask_app() -> Flask:
+    app = Flask("plain")
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    return app
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def per_request_us(app: App, environ: dict[str, Any], n: int) -> float:
+    """Median-free single measurement: n requests, driven like a server drives them."""
+    copy = environ.copy
+    started = time.perf_counter()
+    for _ in range(n):
+        body = app(copy(), start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return (time.perf_counter() - started) / n * 1e6
+
+
+def measure(candidates: dict[str, tuple[App, dict[str, Any], int]], rounds: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, (app, environ, n) in candidates.items():
+            samples[name].append(per_request_us(app, environ, n))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else 9
+    fast_n = 20_000 if args.quick else 200_000
+    flask_n = 1_000 if args.quick else 10_000
+
+    wsgi_environ = EnvironBuilder(path="/").get_environ()
+    state_dir = tempfile.TemporaryDirectory()
+    switch = MaintenanceSwitch(Path(state_dir.name) / "maintenance.json", env_var=None)
+
+    tidegate_mw = TideGateMiddleware(bare_app, limit=1_000, maintenance=switch)
+    flask_tidegate = plain_flask_app()
+    TideGate(flask_tidegate, limit=1_000, maintenance=switch)
+
+    admitted = measure(
+        {
+            "bare app": (bare_app, wsgi_environ, fast_n),
+            "pass-through middleware": (PassThrough(bare_app), wsgi_environ, fast_n),
+            "careful pure-Python gate": (CarefulPythonGate(bare_app, 1_000), wsgi_environ, fast_n),
+            "tidegate middleware": (tidegate_mw, wsgi_environ, fast_n),
+            "plain Flask": (plain_flask_app(), wsgi_environ, flask_n),
+            "seed Flask hooks": (seed_flask_app(1_000), wsgi_environ, flask_n),
+            "tidegate Flask hooks": (flask_tidegate, wsgi_environ, flask_n),
+        },
+        rounds,
+    )
+
+    full = TideGateMiddleware(bare_app, limit=1)
+    held = full.gate.try_acquire()
+    full_flask = plain_flask_app()
+    TideGate(full_flask, limit=1)
+    held_flask = full_flask.extensions["tidegate"].gate.try_acquire()
+    rejected = measure(
+        {
+            "seed Flask hooks: 503": (seed_flask_app(0), wsgi_environ, flask_n),
+            "tidegate Flask hooks: 503": (full_flask, wsgi_environ, flask_n),
+            "careful pure-Python gate: 503": (CarefulPythonGate(bare_app, 0), wsgi_environ, fast_n),
+            "tidegate middleware: 503": (full, wsgi_environ, fast_n),
+        },
+        rounds,
+    )
+    assert held is not None and held_flask is not None
+    held.release()
+    held_flask.release()
+    state_dir.cleanup()
+
+    base = admitted["bare app"]
+    print(f"Admitted request, median of {rounds} interleaved rounds (us per request)")
+    print(f"{'candidate':32} {'total':>9} {'added':>9}")
+    for name, value in admitted.items():
+        floor = admitted["plain Flask"] if "Flask" in name else base
+        added = "" if name in ("bare app", "plain Flask") else f"{value - floor:9.3f}"
+        print(f"{name:32} {value:9.3f} {added:>9}")
+    print()
+    print("Rejected request: a full 503 (us per request)")
+    for name, value in rejected.items():
+        print(f"{name:32} {value:9.3f}")
+    print()
+
+    careful_added = admitted["careful pure-Python gate"] - base
+    tidegate_added = admitted["tidegate middleware"] - base
+    ratio = tidegate_added / careful_added
+    cheaper = rejected["seed Flask hooks: 503"] / rejected["tidegate middleware: 503"]
+    seed_added = admitted["seed Flask hooks"] - admitted["plain Flask"]
+    flask_added = admitted["tidegate Flask hooks"] - admitted["plain Flask"]
+    print(f"tidegate middleware adds {ratio:.2f} x the careful pure-Python gate (target <= 0.40)")
+    print(f"tidegate's 503 is {cheaper:.0f} x cheaper than the seed's Flask 503 (target >= 50)")
+    print(f"Flask hooks add: seed {seed_added:.2f} us, tidegate {flask_added:.2f} us")
+    met = ratio <= 0.4 and cheaper >= 50
+    print("targets met" if met else "TARGETS MISSED")
+    return 0 if met or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
