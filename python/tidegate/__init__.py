@@ -10,9 +10,11 @@ from tidegate._tidegate import (
     RetryAfter,
     __version__,
 )
+from tidegate.health import HealthChecks
 
 __all__ = [
     "CapacityGate",
+    "HealthChecks",
     "Permit",
     "RetryAfter",
     "__version__",
