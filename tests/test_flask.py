@@ -288,3 +288,20 @@ def test_many_threads_never_push_a_view_past_the_limit() -> None:
     assert gate.in_flight == 0
     assert gate.admitted == codes.count(200)
     assert gate.admitted + gate.rejected == threads * rounds
+
+
+def test_serves_health_endpoints_ahead_of_the_gate() -> None:
+    from tidegate import HealthChecks
+
+    health = HealthChecks()
+    health.add("db", lambda: True)
+    app = make_app()
+    TideGate(app, limit=1, health=health)
+    held = state(app).gate.try_acquire()
+    client = app.test_client()
+    assert client.get("/health").json == {
+        **client.get("/health").json,  # type: ignore[dict-item]
+        "status": "ready",
+    }
+    assert client.get("/health/live").json == {"status": "alive"}
+    held.release()

@@ -342,3 +342,37 @@ def test_bad_options_name_the_parameter(
 def test_app_must_be_callable() -> None:
     with pytest.raises(TypeError, match="app"):
         TideGateMiddleware("not an app")  # type: ignore[arg-type]
+
+
+def test_serves_readiness_and_liveness_even_when_full(recording_app: RecordingApp) -> None:
+    from tidegate import HealthChecks
+
+    health = HealthChecks()
+    healthy = True
+    health.add("db", lambda: healthy)
+    mw = TideGateMiddleware(recording_app, limit=1, health=health)
+    held = mw(environ_for("/stream"), start_response)
+    ready = call(mw, "/health")
+    assert ready.code == 200 and ready.json()["status"] == "ready"
+    assert ready.headers["Cache-Control"] == "no-store"
+    assert call(mw, "/health/live").json() == {"status": "alive"}
+    healthy = False
+    failing = call(
+        TideGateMiddleware(recording_app, health=_fresh_failing_health()), "/health"
+    )
+    assert failing.code == 503
+    assert failing.headers["Retry-After"] == str(failing.json()["retry_after"])
+    assert "Boom" not in failing.body.decode(), "error details stay hidden by default"
+    held.close()
+    assert recording_app.calls == 1, "health was answered by tidegate, not the app"
+
+
+def _fresh_failing_health() -> object:
+    from tidegate import HealthChecks
+
+    def db() -> None:
+        raise Boom("connection refused by db.internal")
+
+    health = HealthChecks()
+    health.add("db", db)
+    return health
