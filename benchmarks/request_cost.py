@@ -165,7 +165,9 @@ def per_request_us(app: App, environ: dict[str, Any], n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def measure(candidates: dict[str, tuple[App, dict[str, Any], int]], rounds: int) -> dict[str, float]:
+def measure(
+    candidates: dict[str, tuple[App, dict[str, Any], int]], rounds: int
+) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, (app, environ, n) in candidates.items():

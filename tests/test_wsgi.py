@@ -357,9 +357,7 @@ def test_serves_readiness_and_liveness_even_when_full(recording_app: RecordingAp
     assert ready.headers["Cache-Control"] == "no-store"
     assert call(mw, "/health/live").json() == {"status": "alive"}
     healthy = False
-    failing = call(
-        TideGateMiddleware(recording_app, health=_fresh_failing_health()), "/health"
-    )
+    failing = call(TideGateMiddleware(recording_app, health=_fresh_failing_health()), "/health")
     assert failing.code == 503
     assert failing.headers["Retry-After"] == str(failing.json()["retry_after"])
     assert "Boom" not in failing.body.decode(), "error details stay hidden by default"
