@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 import tidegate
 from tidegate import HealthChecks
 
