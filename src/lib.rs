@@ -1,5 +1,7 @@
 //! The native core of tidegate. This file only registers what the other modules define.
 
+pub mod breaker;
+pub mod breaker_py;
 pub mod clock;
 pub mod errors;
 pub mod gate;
@@ -10,6 +12,8 @@ mod _tidegate {
     use pyo3::prelude::*;
 
     #[pymodule_export]
+    use crate::breaker_py::{BreakerPy, CircuitOpenError};
+    #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
@@ -17,6 +21,7 @@ mod _tidegate {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        crate::breaker_py::prepare_module(m)?;
         Ok(())
     }
 }

@@ -10,9 +10,12 @@ from tidegate._tidegate import (
     RetryAfter,
     __version__,
 )
+from tidegate.breaker import CircuitBreaker, CircuitOpenError
 
 __all__ = [
     "CapacityGate",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "Permit",
     "RetryAfter",
     "__version__",
