@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyBaseException, PyException, PyRuntimeError, PyValueErro
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFrozenSet, PyList, PySet, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
@@ -108,7 +108,7 @@ fn optional_callable(
     Ok(Some(value.clone().unbind()))
 }
 
-/// An exception type, or a tuple (list, set) of them; `None` when nothing is excluded.
+/// An exception type or a tuple of them (as `except` takes them); `None` when nothing is excluded.
 fn exception_types(value: &Bound<'_, PyAny>) -> Result<Option<Py<PyTuple>>, ArgError> {
     let py = value.py();
     if value.is_none() {
@@ -116,15 +116,8 @@ fn exception_types(value: &Bound<'_, PyAny>) -> Result<Option<Py<PyTuple>>, ArgE
     }
     let items: Vec<Bound<'_, PyAny>> = if value.is_instance_of::<PyType>() {
         vec![value.clone()]
-    } else if value.is_instance_of::<PyTuple>()
-        || value.is_instance_of::<PyList>()
-        || value.is_instance_of::<PySet>()
-        || value.is_instance_of::<PyFrozenSet>()
-    {
-        value
-            .try_iter()
-            .and_then(|items| items.collect())
-            .map_err(|_| ArgError::type_("exclude", "could not be iterated"))?
+    } else if let Ok(types) = value.cast::<PyTuple>() {
+        types.iter().collect()
     } else {
         return Err(ArgError::type_(
             "exclude",
@@ -274,7 +267,8 @@ impl Drop for TicketPy {
     name = "CircuitBreaker",
     module = "tidegate._tidegate",
     frozen,
-    subclass
+    subclass,
+    weakref
 )]
 pub struct BreakerPy {
     core: Arc<Breaker>,

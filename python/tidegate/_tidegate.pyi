@@ -2,7 +2,7 @@
 
 import sys
 from types import TracebackType
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, TypeVar
 
 from typing_extensions import disjoint_base
 
@@ -174,8 +174,9 @@ class CircuitBreaker:
     @property
     def name(self) -> str: ...
     @property
-    def state(self) -> Literal["closed", "open", "half_open"]:
-        """The state now; reading it takes a due open -> half-open step."""
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``; reading it takes a due open ->
+        half-open step."""
 
     @property
     def retry_after(self) -> float:
