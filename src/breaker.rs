@@ -575,100 +575,25 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_parameter() {
-        let cases: Vec<(Config, &str)> = vec![
-            (
-                Config {
-                    failure_threshold: 0,
-                    ..Config::default()
-                },
-                "failure_threshold",
-            ),
-            (
-                Config {
-                    half_open_max_calls: 0,
-                    ..Config::default()
-                },
-                "half_open_max_calls",
-            ),
-            (
-                Config {
-                    success_threshold: 0,
-                    ..Config::default()
-                },
-                "success_threshold",
-            ),
-            (
-                Config {
-                    minimum_calls: 0,
-                    ..Config::default()
-                },
-                "minimum_calls",
-            ),
-            (
-                Config {
-                    reset_timeout: -1.0,
-                    ..Config::default()
-                },
-                "reset_timeout",
-            ),
-            (
-                Config {
-                    reset_timeout: f64::NAN,
-                    ..Config::default()
-                },
-                "reset_timeout",
-            ),
-            (
-                Config {
-                    window: 0.0,
-                    ..Config::default()
-                },
-                "window",
-            ),
-            (
-                Config {
-                    failure_rate: Some(0.0),
-                    ..Config::default()
-                },
-                "failure_rate",
-            ),
-            (
-                Config {
-                    failure_rate: Some(1.5),
-                    ..Config::default()
-                },
-                "failure_rate",
-            ),
-            (
-                Config {
-                    failure_rate: Some(f64::NAN),
-                    ..Config::default()
-                },
-                "failure_rate",
-            ),
-            (
-                Config {
-                    max_reset_timeout: Some(10.0),
-                    ..Config::default()
-                },
-                "max_reset_timeout",
-            ),
-            (
-                Config {
-                    backoff: 0.5,
-                    ..Config::default()
-                },
-                "backoff",
-            ),
-            (
-                Config {
-                    backoff: f64::INFINITY,
-                    ..Config::default()
-                },
-                "backoff",
-            ),
+        type Spoil = fn(&mut Config);
+        let cases: [(&str, Spoil); 13] = [
+            ("failure_threshold", |c| c.failure_threshold = 0),
+            ("half_open_max_calls", |c| c.half_open_max_calls = 0),
+            ("success_threshold", |c| c.success_threshold = 0),
+            ("minimum_calls", |c| c.minimum_calls = 0),
+            ("reset_timeout", |c| c.reset_timeout = -1.0),
+            ("reset_timeout", |c| c.reset_timeout = f64::NAN),
+            ("window", |c| c.window = 0.0),
+            ("failure_rate", |c| c.failure_rate = Some(0.0)),
+            ("failure_rate", |c| c.failure_rate = Some(1.5)),
+            ("failure_rate", |c| c.failure_rate = Some(f64::NAN)),
+            ("max_reset_timeout", |c| c.max_reset_timeout = Some(10.0)),
+            ("backoff", |c| c.backoff = 0.5),
+            ("backoff", |c| c.backoff = f64::INFINITY),
         ];
-        for (config, param) in cases {
+        for (param, spoil) in cases {
+            let mut config = Config::default();
+            spoil(&mut config);
             let err = Breaker::new(config).expect_err(param);
             assert!(err.to_string().starts_with(&format!("{param}: ")), "{err}");
         }
