@@ -1,6 +1,8 @@
 //! The native core of tidegate. This file only registers what the other modules define.
 
 pub mod accept;
+pub mod breaker;
+pub mod breaker_py;
 pub mod clock;
 pub mod errors;
 pub mod gate;
@@ -14,6 +16,8 @@ mod _tidegate {
     #[pymodule_export]
     use crate::accept::prefers_html_py;
     #[pymodule_export]
+    use crate::breaker_py::{BreakerPy, CircuitOpenError};
+    #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
@@ -23,6 +27,7 @@ mod _tidegate {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        crate::breaker_py::prepare_module(m)?;
         Ok(())
     }
 }

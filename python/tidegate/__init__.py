@@ -10,10 +10,13 @@ from tidegate._tidegate import (
     RetryAfter,
     __version__,
 )
+from tidegate.breaker import CircuitBreaker, CircuitOpenError
 from tidegate.health import HealthChecks
 
 __all__ = [
     "CapacityGate",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "HealthChecks",
     "Permit",
     "RetryAfter",

@@ -1,13 +1,30 @@
 """Stubs for the native core. Their docstrings are the API reference."""
 
+import sys
 from collections.abc import Iterable, Iterator
 from types import TracebackType
+from typing import Any, Callable, TypeVar
 
 from typing_extensions import disjoint_base, final
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:
+    from typing_extensions import Self
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:
+    from typing_extensions import ParamSpec
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_L = TypeVar("_L", bound=Callable[..., object])
 
 __version__: str
 __all__ = [
     "CapacityGate",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ClosingBody",
     "MiddlewareCore",
     "Permit",
@@ -123,3 +140,152 @@ class ClosingBody:
     def close(self) -> None: ...
     @property
     def released(self) -> bool: ...
+class CircuitOpenError(Exception):
+    """A call refused without running: its breaker is open, or half-open with every probe
+    slot taken.
+
+    Raised by ``CircuitBreaker.call``, the decorator and the ``with`` form when no
+    ``fallback`` applies. An instance raised by hand has ``breaker = None`` and
+    ``retry_after = 0.0``.
+    """
+
+    breaker: CircuitBreaker | None
+    """The breaker that refused the call."""
+    retry_after: float
+    """Seconds until the breaker lets a probe through (0.0 when half-open: a probe is
+    already running)."""
+
+@disjoint_base
+class CircuitBreaker:
+    """A circuit breaker around calls to one dependency.
+
+    ``closed``: calls run; ``failure_threshold`` consecutive failures (or, with
+    ``failure_rate``, that share of failed calls among at least ``minimum_calls`` in the last
+    ``window`` seconds) open it. ``open``: calls fail fast with ``CircuitOpenError`` (or
+    return ``fallback(*args, **kwargs)``). After ``reset_timeout`` seconds it turns
+    ``half_open`` on the next call or state read (no background thread), and lets at most
+    ``half_open_max_calls`` probe calls run at once; ``success_threshold`` probe successes
+    close it, one probe failure opens it again. With ``max_reset_timeout``, each re-trip from
+    half-open multiplies the open time by ``backoff`` up to that cap; a close starts over.
+
+    Exceptions that are instances of ``exclude``, and ``BaseException`` that is not an
+    ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``), count as neither
+    failure nor success: they propagate and free the probe slot they held. A call admitted
+    before a state change cannot affect the new state when it finishes late. No lock is held
+    while a protected call runs.
+
+    ``clock`` is a zero-argument callable returning monotonic seconds, used instead of the
+    process's monotonic clock (for tests). Every bad argument is a ``ValueError`` or
+    ``TypeError`` naming the parameter.
+
+    Transitions are logged on the ``tidegate`` logger (warning when opening, info otherwise)
+    and passed to listeners. ``tidegate.CircuitBreaker`` adds the decorator form.
+    """
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        half_open_max_calls: int = 1,
+        success_threshold: int = 1,
+        failure_rate: float | None = None,
+        window: float = 60.0,
+        minimum_calls: int = 10,
+        max_reset_timeout: float | None = None,
+        backoff: float = 2.0,
+        exclude: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        fallback: Callable[..., Any] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Self: ...
+    def call(self, func: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Run ``func(*args, **kwargs)`` through the breaker and return its result.
+
+        Raises ``CircuitOpenError`` when refused (or returns ``fallback(*args, **kwargs)``);
+        the function's own exceptions propagate after being counted.
+        """
+
+    def __enter__(self) -> Self:
+        """Admit the block or raise ``CircuitOpenError`` (``fallback`` cannot apply here).
+
+        The same breaker may be entered by many threads, greenlets or tasks at once; each
+        ``__exit__`` settles the admission its own context made.
+        """
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool:
+        """Count the block's outcome. Never suppresses the exception."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``; reading it takes a due open ->
+        half-open step."""
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a probe is allowed; 0.0 unless open."""
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted since the last success or close."""
+
+    @property
+    def total_failures(self) -> int:
+        """Calls that failed, over the breaker's life (late results included)."""
+
+    @property
+    def total_successes(self) -> int:
+        """Calls that succeeded, over the breaker's life (late results included)."""
+
+    @property
+    def rejected(self) -> int:
+        """Calls refused without running (a fallback answer counts too)."""
+
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def reset_timeout(self) -> float: ...
+    @property
+    def half_open_max_calls(self) -> int: ...
+    @property
+    def success_threshold(self) -> int: ...
+    @property
+    def failure_rate(self) -> float | None: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def minimum_calls(self) -> int: ...
+    @property
+    def max_reset_timeout(self) -> float | None: ...
+    @property
+    def backoff(self) -> float: ...
+    @property
+    def exclude(self) -> tuple[type[BaseException], ...]: ...
+    @property
+    def fallback(self) -> Callable[..., Any] | None: ...
+    def open(self) -> None:
+        """Open by hand. A half-open breaker re-trips (backoff applies); an open one restarts
+        its open period."""
+
+    def close(self) -> None:
+        """Close by hand and forget past failures. Calls still running are not counted
+        against the new state."""
+
+    def reset(self) -> None:
+        """Same as ``close()``."""
+
+    def add_listener(self, listener: _L, /) -> _L:
+        """Call ``listener(breaker, old_state, new_state)`` after every transition, from the
+        thread that caused it, with no lock held. Returns ``listener`` (usable as a
+        decorator). A listener raising an ``Exception`` is logged, never propagated."""
+
+    def remove_listener(self, listener: Callable[..., object], /) -> None:
+        """Forget a listener (compared with ``==``); ``ValueError`` if it is not registered."""
