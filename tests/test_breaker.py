@@ -12,6 +12,7 @@ import weakref
 from typing import Any, Callable
 
 import pytest
+
 import tidegate
 from tidegate import CircuitBreaker, CircuitOpenError
 from tidegate import _tidegate as native

@@ -304,3 +304,22 @@ def test_serves_health_endpoints_ahead_of_the_gate() -> None:
     assert ready.json is not None and ready.json["status"] == "ready"
     assert client.get("/health/live").json == {"status": "alive"}
     held.release()
+
+
+def test_an_open_breaker_in_a_view_becomes_a_dependency_503() -> None:
+    from tidegate import CircuitBreaker
+
+    breaker = CircuitBreaker("api", failure_threshold=1, reset_timeout=5)
+    breaker.open()
+    app = make_app()
+    TideGate(app, limit=1)
+
+    @app.get("/remote")
+    def remote() -> str:
+        return breaker.call(lambda: "fresh")
+
+    with app.test_client().get("/remote") as reply:
+        assert reply.status_code == 503
+        assert reply.json is not None and reply.json["reason"] == "dependency"
+        assert 1 <= int(reply.headers["Retry-After"]) <= 5
+    assert state(app).gate.in_flight == 0

@@ -374,3 +374,32 @@ def _fresh_failing_health() -> object:
     health = HealthChecks()
     health.add("db", db)
     return health
+
+
+def test_an_open_breaker_in_the_app_becomes_a_dependency_503() -> None:
+    from tidegate import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=30, clock=lambda: now[0])
+
+    @breaker
+    def query() -> bytes:
+        raise ConnectionError("db down")
+
+    def app(environ: Any, start_response: Any) -> Any:
+        try:
+            data = query()
+        except ConnectionError:
+            data = b"stale"
+        start_response("200 OK", [])
+        return [data]
+
+    mw = TideGateMiddleware(app, limit=2)
+    assert call(mw, "/").body == b"stale", "the first failure trips the breaker"
+    now[0] = 12.2
+    reply = call(mw, "/")
+    assert reply.code == 503
+    assert reply.json()["reason"] == "dependency"
+    assert reply.headers["Retry-After"] == "18", "the time left until a probe, rounded up"
+    assert reply.json()["retry_after"] == 18
+    assert mw.gate.in_flight == 0

@@ -140,6 +140,7 @@ class ClosingBody:
     def close(self) -> None: ...
     @property
     def released(self) -> bool: ...
+
 class CircuitOpenError(Exception):
     """A call refused without running: its breaker is open, or half-open with every probe
     slot taken.
