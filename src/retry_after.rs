@@ -30,6 +30,7 @@
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
@@ -499,12 +500,11 @@ impl RetryAfterPy {
     /// delay-seconds from an int, a float (rounded up) or a `timedelta` (rounded up).
     #[staticmethod]
     fn after(seconds: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let negative = || {
-            let shown = seconds
-                .repr()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| "?".into());
-            ArgError::value("seconds", format!("must not be negative, got {shown}"))
+        let out_of_range = || {
+            ArgError::value(
+                "seconds",
+                format!("must be a finite number >= 0, got {}", repr(seconds)),
+            )
         };
         if seconds.is_instance_of::<PyBool>() {
             return Err(ArgError::type_(
@@ -515,25 +515,23 @@ impl RetryAfterPy {
         }
         if let Ok(int) = seconds.cast::<PyInt>() {
             if int.lt(0)? {
-                return Err(negative().into());
+                return Err(out_of_range().into());
             }
             // Not negative, so the only failure left is an int too big for u64: saturate.
             let secs = int.extract::<u64>().unwrap_or(u64::MAX);
             return Ok(Self::new(RetryAfter::delay(secs)));
         }
         if let Ok(float) = seconds.cast::<PyFloat>() {
-            let value = float.value();
-            return RetryAfter::delay_seconds(value)
+            return RetryAfter::delay_seconds(float.value())
                 .map(Self::new)
-                .map_err(|err| ArgError::value("seconds", err.to_string()).into());
+                .map_err(|_| out_of_range().into());
         }
         if seconds.is_instance(&datetime_attr(seconds.py(), "timedelta")?)? {
             let (whole, micros) = timedelta_parts(seconds)?;
-            if whole < 0 {
-                return Err(negative().into());
-            }
-            let secs = u64::try_from(whole).unwrap_or(0) + u64::from(micros > 0);
-            return Ok(Self::new(RetryAfter::delay(secs)));
+            let Ok(whole) = u64::try_from(whole) else {
+                return Err(out_of_range().into());
+            };
+            return Ok(Self::new(RetryAfter::delay(whole + u64::from(micros > 0))));
         }
         Err(ArgError::type_(
             "seconds",
@@ -555,13 +553,12 @@ impl RetryAfterPy {
             .and_then(|unix| RetryAfter::date(unix).ok())
             .map(Self::new)
             .ok_or_else(|| {
-                let shown = when
-                    .repr()
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|_| "?".into());
                 ArgError::value(
                     "when",
-                    format!("{shown} is past 9999-12-31 23:59:59 UTC, the last HTTP-date"),
+                    format!(
+                        "{} is past 9999-12-31 23:59:59 UTC, the last HTTP-date",
+                        repr(when)
+                    ),
                 )
                 .into()
             })
@@ -607,7 +604,17 @@ impl RetryAfterPy {
         py: Python<'py>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        clock::unix_to_datetime(py, self.value.when_at(now_or_clock(now)?))
+        let unix = self.value.when_at(now_or_clock(now)?);
+        if !(clock::MIN_UNIX..=clock::MAX_UNIX).contains(&unix) {
+            let what = match self.value {
+                RetryAfter::Delay(secs) => format!("now + {secs} seconds"),
+                RetryAfter::Date(_) => self.value.header_value(),
+            };
+            return Err(PyValueError::new_err(format!(
+                "{what} is outside the years 1 to 9999 that a datetime can hold"
+            )));
+        }
+        clock::unix_to_datetime(py, unix)
     }
 
     fn __str__(&self) -> String {
@@ -620,6 +627,13 @@ impl RetryAfterPy {
             RetryAfter::Date(_) => format!("RetryAfter.parse('{}')", self.value.header_value()),
         }
     }
+}
+
+fn repr(value: &Bound<'_, PyAny>) -> String {
+    value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn type_name(value: &Bound<'_, PyAny>) -> String {
