@@ -73,16 +73,25 @@ pub enum RetryAfterError {
     BadDelay { value: String },
 }
 
-/// How many characters of an offending text an error message repeats.
+/// How many characters of an offending text, as quoted and escaped, a message repeats.
 const EXCERPT_CHARS: usize = 48;
 
-/// `text` quoted for a message, cut to `EXCERPT_CHARS` characters.
+/// `text` quoted and escaped for a message, cut after `EXCERPT_CHARS` characters of output
+/// so that neither a long text nor one full of escapes makes a long message.
 pub fn excerpt(text: &str) -> String {
-    let mut chars = text.char_indices();
-    match chars.nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{:?}...", &text[..cut]),
-        None => format!("{text:?}"),
+    let mut shown = String::from('"');
+    let mut width = 0;
+    for c in text.chars() {
+        let escaped = c.escape_debug();
+        width += escaped.len();
+        if width > EXCERPT_CHARS {
+            shown.push_str("\"...");
+            return shown;
+        }
+        shown.extend(escaped);
     }
+    shown.push('"');
+    shown
 }
 
 impl RetryAfterError {

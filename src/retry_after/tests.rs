@@ -222,6 +222,11 @@ fn error_messages_name_the_text_and_cut_long_ones() {
     let wide = "é".repeat(100);
     let message = parse(&wide, now()).expect_err("garbage").to_string();
     assert!(message.contains(&"é".repeat(48)) && !message.contains(&"é".repeat(49)));
+    // Escapes count toward the cut, so control characters cannot make a long message.
+    let controls = format!("0{}", "\u{1f}\u{18cd6}".repeat(500));
+    let message = parse(&controls, now()).expect_err("garbage").to_string();
+    assert!(message.len() < 100, "{message}");
+    assert!(message.contains("\"0\\u{1f}"), "{message}");
 }
 
 #[test]
