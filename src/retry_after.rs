@@ -575,7 +575,7 @@ impl RetryAfterPy {
             )
             .into());
         };
-        let now_unix = now_or_clock(now)?;
+        let now_unix = now_or_clock(now, false)?;
         let Ok(value) = string.to_cow() else {
             // Lone surrogates: not text any header could carry.
             return Err(RetryAfterError::Syntax {
@@ -594,7 +594,7 @@ impl RetryAfterPy {
     /// Whole seconds from `now` (default: the current time) until the client may come back.
     #[pyo3(signature = (now = None))]
     fn delay(&self, now: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        Ok(self.value.delay_at(now_or_clock(now)?))
+        Ok(self.value.delay_at(now_or_clock(now, false)?))
     }
 
     /// The instant the client may come back, as an aware UTC datetime.
@@ -604,7 +604,7 @@ impl RetryAfterPy {
         py: Python<'py>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let unix = self.value.when_at(now_or_clock(now)?);
+        let unix = self.value.when_at(now_or_clock(now, true)?);
         if !(clock::MIN_UNIX..=clock::MAX_UNIX).contains(&unix) {
             let what = match self.value {
                 RetryAfter::Delay(secs) => format!("now + {secs} seconds"),
@@ -687,14 +687,20 @@ fn datetime_micros(value: &Bound<'_, PyAny>, param: &'static str) -> PyResult<i1
     Ok(i128::from(local) * 1_000_000 + i128::from(field("microsecond")?) - offset_micros)
 }
 
-/// Unix seconds (floored) of `now`, or of the system clock when it is `None`.
-fn now_or_clock(now: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
+/// Unix seconds of `now`, or of the system clock when it is `None`. A fraction of a second
+/// rounds down, or up with `ceil`: whichever errs toward the client coming back later.
+fn now_or_clock(now: Option<&Bound<'_, PyAny>>, ceil: bool) -> PyResult<i64> {
     match now {
-        None => Ok(clock::now_unix()),
+        // The clock gives whole seconds; rounding up adds one.
+        None => Ok(clock::now_unix().saturating_add(i64::from(ceil))),
         Some(value) => {
             let micros = datetime_micros(value, "now")?;
+            let mut secs = micros.div_euclid(1_000_000);
+            if ceil && micros.rem_euclid(1_000_000) > 0 {
+                secs += 1;
+            }
             // A datetime spans years 1 to 9999, far inside i64 seconds.
-            Ok(i64::try_from(micros.div_euclid(1_000_000)).unwrap_or(i64::MAX))
+            Ok(i64::try_from(secs).unwrap_or(i64::MAX))
         }
     }
 }

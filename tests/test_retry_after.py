@@ -353,8 +353,12 @@ def test_when_is_aware_utc() -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     when = RetryAfter.after(60).when()
     after = datetime.now(UTC)
-    assert before + timedelta(seconds=60) <= when <= after + timedelta(seconds=60)
+    # The current time rounds up to the next whole second, so at most one second later.
+    assert before + timedelta(seconds=60) <= when <= after + timedelta(seconds=61)
     assert RetryAfter.at(EXAMPLE).when(now=datetime(2000, 1, 1)) == EXAMPLE
+    # Counted from a fraction of a second, the instant rounds up, never early.
+    half_past = datetime(1994, 11, 6, 8, 49, 36, 500_000)
+    assert RetryAfter.after(1).when(now=half_past) == EXAMPLE + timedelta(seconds=1)
 
 
 def test_when_outside_what_a_datetime_holds_is_a_value_error() -> None:

@@ -112,14 +112,15 @@ class RetryAfter:
         """The exact header text: delay-seconds digits or an IMF-fixdate."""
 
     def delay(self, now: datetime | None = None) -> int:
-        """Whole seconds from ``now`` (default: the current time) until the client may come
-        back; 0 for a date in the past. A naive ``now`` is UTC."""
+        """Whole seconds from ``now`` (default: the current time; naive is UTC) until the
+        client may come back, rounded up; 0 for a date in the past."""
 
     def when(self, now: datetime | None = None) -> datetime:
         """The instant the client may come back, as an aware UTC ``datetime``.
 
-        A delay counts from ``now`` (default: the current time; naive is UTC). ``ValueError``
-        if the instant is outside the years 1 to 9999 that a ``datetime`` can hold.
+        A delay counts from ``now`` (default: the current time; naive is UTC), a fraction of a
+        second rounded up. ``ValueError`` if the instant is outside the years 1 to 9999 that a
+        ``datetime`` can hold.
         """
 
     def __eq__(self, other: object, /) -> bool: ...
