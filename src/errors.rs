@@ -57,6 +57,83 @@ impl From<ArgError> for PyErr {
     }
 }
 
+/// Why a `Retry-After` value could not be built or read. Messages name the bad text, cut short
+/// if it is long, since that text may come from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryAfterError {
+    /// The field value is empty or only whitespace.
+    Empty,
+    /// Neither delay-seconds nor any of the three HTTP-date forms.
+    Syntax { text: String },
+    /// Shaped like an HTTP-date, but one of its parts is wrong.
+    BadDate { text: String, reason: String },
+    /// An instant an HTTP-date cannot hold (its years run from 0000 to 9999).
+    OutOfRange { instant: String },
+    /// A delay that is negative or not a finite number.
+    BadDelay { value: String },
+}
+
+/// How many characters of an offending text, as quoted and escaped, a message repeats.
+const EXCERPT_CHARS: usize = 48;
+
+/// `text` quoted and escaped for a message, cut after `EXCERPT_CHARS` characters of output
+/// so that neither a long text nor one full of escapes makes a long message.
+pub fn excerpt(text: &str) -> String {
+    let mut shown = String::from('"');
+    let mut width = 0;
+    for c in text.chars() {
+        let escaped = c.escape_debug();
+        width += escaped.len();
+        if width > EXCERPT_CHARS {
+            shown.push_str("\"...");
+            return shown;
+        }
+        shown.extend(escaped);
+    }
+    shown.push('"');
+    shown
+}
+
+impl RetryAfterError {
+    pub fn syntax(text: &str) -> Self {
+        Self::Syntax {
+            text: excerpt(text),
+        }
+    }
+
+    pub fn bad_date(text: &str, reason: impl Into<String>) -> Self {
+        Self::BadDate {
+            text: excerpt(text),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for RetryAfterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("empty value: expected delay-seconds or an HTTP-date"),
+            Self::Syntax { text } => write!(f, "not delay-seconds or an HTTP-date: {text}"),
+            Self::BadDate { text, reason } => write!(f, "bad HTTP-date {text}: {reason}"),
+            Self::OutOfRange { instant } => write!(
+                f,
+                "{instant} is outside the years 0000 to 9999 that an HTTP-date can hold"
+            ),
+            Self::BadDelay { value } => {
+                write!(f, "must be a finite number of seconds >= 0, got {value}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RetryAfterError {}
+
+impl From<RetryAfterError> for PyErr {
+    fn from(err: RetryAfterError) -> PyErr {
+        PyValueError::new_err(err.to_string())
+    }
+}
+
 /// Turns an I/O failure on a named path into an `OSError` that says what was being done.
 pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> PyErr {
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))

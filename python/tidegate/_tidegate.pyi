@@ -2,6 +2,7 @@
 
 import sys
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Callable, TypeVar
 
@@ -19,6 +20,8 @@ else:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _L = TypeVar("_L", bound=Callable[..., object])
+
+from typing_extensions import final
 
 __version__: str
 __all__ = [
@@ -102,7 +105,57 @@ class Permit:
 
 @final
 class RetryAfter:
-    """When a client may come back: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    """When a client may come back: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    Immutable and hashable; equal when the header value means the same thing. Build one with
+    ``after``, ``at`` or ``parse``; it cannot be instantiated directly.
+    """
+
+    @staticmethod
+    def after(seconds: int | float | timedelta) -> RetryAfter:
+        """delay-seconds. Fractions round up; delays above 2147483648 saturate there.
+
+        Negative or non-finite ``seconds`` is a ``ValueError``; anything but an int, float or
+        ``timedelta`` (a bool, str or ``None`` too) is a ``TypeError``.
+        """
+
+    @staticmethod
+    def at(when: datetime) -> RetryAfter:
+        """An HTTP-date. A naive ``when`` is UTC; a fraction of a second rounds up.
+
+        ``ValueError`` if the instant is past ``Fri, 31 Dec 9999 23:59:59 GMT``.
+        """
+
+    @staticmethod
+    def parse(text: str, *, now: datetime | None = None) -> RetryAfter:
+        """Reads a ``Retry-After`` field value exactly as RFC 9110 §10.2.3 and §5.6.7 define it.
+
+        Accepts delay-seconds (any number of digits, saturating at 2147483648), IMF-fixdate
+        (``Sun, 06 Nov 1994 08:49:37 GMT``), RFC 850 (``Sunday, 06-Nov-94 08:49:37 GMT``) and
+        asctime (``Sun Nov  6 08:49:37 1994``); spaces and tabs around the value are ignored.
+        Names are case-sensitive, a leap second is allowed only as ``23:59:60``, and a day name
+        that disagrees with the date is rejected. An RFC 850 two-digit year that would be more
+        than 50 years after ``now`` (default: the current time) is the century before.
+        Anything else is a ``ValueError`` saying why.
+        """
+
+    def header_value(self) -> str:
+        """The exact header text: delay-seconds digits or an IMF-fixdate."""
+
+    def delay(self, now: datetime | None = None) -> int:
+        """Whole seconds from ``now`` (default: the current time; naive is UTC) until the
+        client may come back, rounded up; 0 for a date in the past."""
+
+    def when(self, now: datetime | None = None) -> datetime:
+        """The instant the client may come back, as an aware UTC ``datetime``.
+
+        A delay counts from ``now`` (default: the current time; naive is UTC), a fraction of a
+        second rounded up. ``ValueError`` if the instant is outside the years 1 to 9999 that a
+        ``datetime`` can hold.
+        """
+
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 def prefers_html(accept: str) -> bool:
     """Whether an ``Accept`` header value ranks ``text/html`` above ``application/json``.
