@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod errors;
 pub mod gate;
+pub mod maintenance;
 pub mod retry_after;
 
 #[pyo3::pymodule(gil_used = false)]
@@ -11,6 +12,8 @@ mod _tidegate {
 
     #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
+    #[pymodule_export]
+    use crate::maintenance::{MaintenanceStatusPy, MaintenanceSwitchPy};
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
 
