@@ -6,6 +6,8 @@ dependency is down, drain during deploys, and always say when to come back (``Re
 
 from tidegate._tidegate import (
     CapacityGate,
+    MaintenanceStatus,
+    MaintenanceSwitch,
     Permit,
     RetryAfter,
     __version__,
@@ -13,6 +15,8 @@ from tidegate._tidegate import (
 
 __all__ = [
     "CapacityGate",
+    "MaintenanceStatus",
+    "MaintenanceSwitch",
     "Permit",
     "RetryAfter",
     "__version__",

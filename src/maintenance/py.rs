@@ -355,8 +355,12 @@ impl MaintenanceSwitchPy {
     }
 
     #[getter]
-    fn state_file(&self) -> Option<PathBuf> {
-        self.core.config().state_file.clone()
+    fn state_file(&self) -> Option<std::ffi::OsString> {
+        self.core
+            .config()
+            .state_file
+            .as_ref()
+            .map(|path| path.as_os_str().to_owned())
     }
 
     #[getter]
