@@ -83,7 +83,12 @@ fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf
             format!("cannot be resolved: {}: {err}", path.display()),
         )
     })?;
-    if absolute.file_name().is_none() || path.to_string_lossy().ends_with(['/', '\\']) {
+    let trailing_separator = path
+        .to_string_lossy()
+        .chars()
+        .last()
+        .is_some_and(std::path::is_separator);
+    if absolute.file_name().is_none() || trailing_separator {
         return Err(ArgError::value(
             "state_file",
             format!("must name a file, got {}", py_repr(value)),
