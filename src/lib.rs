@@ -6,6 +6,7 @@ pub mod breaker_py;
 pub mod clock;
 pub mod errors;
 pub mod gate;
+pub mod maintenance;
 pub mod retry_after;
 pub mod wsgi;
 
@@ -19,6 +20,8 @@ mod _tidegate {
     use crate::breaker_py::{BreakerPy, CircuitOpenError};
     #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
+    #[pymodule_export]
+    use crate::maintenance::{MaintenanceStatusPy, MaintenanceSwitchPy};
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
     #[pymodule_export]

@@ -6,6 +6,8 @@ dependency is down, drain during deploys, and always say when to come back (``Re
 
 from tidegate._tidegate import (
     CapacityGate,
+    MaintenanceStatus,
+    MaintenanceSwitch,
     Permit,
     RetryAfter,
     __version__,
@@ -18,6 +20,8 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "HealthChecks",
+    "MaintenanceStatus",
+    "MaintenanceSwitch",
     "Permit",
     "RetryAfter",
     "__version__",

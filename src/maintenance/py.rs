@@ -1,0 +1,461 @@
+//! `MaintenanceSwitch` and `MaintenanceStatus` as Python sees them: argument checking and
+//! conversions only; the behaviour lives in `Maintenance`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyString};
+
+use super::{Config, Maintenance, Notice, Status, MAX_DELAY};
+use crate::clock::{datetime_to_unix, unix_to_datetime, MAX_UNIX, MIN_UNIX};
+use crate::errors::{io_error, ArgError};
+use crate::retry_after::{RetryAfter, RetryAfterPy};
+
+/// Logs `message` as a warning on the `tidegate` logger. Never raises: a logging failure has
+/// nowhere better to go.
+pub fn log_warning(message: &str) {
+    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    Python::attach(|py| {
+        let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("logging")?
+                .call_method1("getLogger", ("tidegate",))?
+                .unbind())
+        });
+        if let Ok(logger) = logger {
+            let _ = logger.bind(py).call_method1("warning", ("%s", message));
+        }
+    });
+}
+
+/// An argument taken as passed, so validation can name it; `Given(None)` when left out.
+pub struct Given<'py>(Option<Bound<'py, PyAny>>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Given<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        Ok(Self(Some(obj.to_owned())))
+    }
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "object".to_owned())
+}
+
+fn py_repr(value: &Bound<'_, PyAny>) -> String {
+    value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| type_name(value))
+}
+
+fn str_repr(py: Python<'_>, text: &str) -> String {
+    py_repr(PyString::new(py, text).as_any())
+}
+
+fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf>, ArgError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let path: PathBuf = value.extract().map_err(|_| {
+        ArgError::type_(
+            "state_file",
+            format!(
+                "must be a str, an os.PathLike or None, got {}",
+                type_name(value)
+            ),
+        )
+    })?;
+    if path.as_os_str().is_empty() {
+        return Err(ArgError::value("state_file", "must not be empty, got ''"));
+    }
+    let absolute = std::path::absolute(&path).map_err(|err| {
+        ArgError::value(
+            "state_file",
+            format!("cannot be resolved: {}: {err}", path.display()),
+        )
+    })?;
+    let trailing_separator = path
+        .to_string_lossy()
+        .chars()
+        .last()
+        .is_some_and(std::path::is_separator);
+    if absolute.file_name().is_none() || trailing_separator {
+        return Err(ArgError::value(
+            "state_file",
+            format!("must name a file, got {}", py_repr(value)),
+        ));
+    }
+    Ok(Some(absolute))
+}
+
+fn extract_env_var(value: Given<'_>) -> Result<Option<String>, ArgError> {
+    let Some(value) = value.0 else {
+        return Ok(Config::default().env_var);
+    };
+    if value.is_none() {
+        return Ok(None);
+    }
+    let Ok(name) = value.cast::<PyString>() else {
+        return Err(ArgError::type_(
+            "env_var",
+            format!("must be a str or None, got {}", type_name(&value)),
+        ));
+    };
+    let name = name.to_string();
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(ArgError::value(
+            "env_var",
+            format!(
+                "must be a non-empty name without '=' or NUL, got {}",
+                py_repr(&value)
+            ),
+        ));
+    }
+    Ok(Some(name))
+}
+
+fn extract_poll_interval(value: Given<'_>) -> Result<Duration, ArgError> {
+    let Some(value) = value.0 else {
+        return Ok(Config::default().poll_interval);
+    };
+    let seconds = if value.is_instance_of::<PyBool>() {
+        None
+    } else {
+        value.extract::<f64>().ok()
+    };
+    let Some(seconds) = seconds else {
+        return Err(ArgError::type_(
+            "poll_interval",
+            format!("must be a number of seconds, got {}", type_name(&value)),
+        ));
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(ArgError::value(
+            "poll_interval",
+            format!("must be a finite number of seconds >= 0, got {seconds}"),
+        ));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| ArgError::value("poll_interval", format!("is out of range: {seconds}")))
+}
+
+fn extract_whole_seconds(param: &'static str, value: &Bound<'_, PyAny>) -> Result<i128, ArgError> {
+    let whole = if value.is_instance_of::<PyBool>() {
+        None
+    } else {
+        value.extract::<i128>().ok()
+    };
+    whole.ok_or_else(|| ArgError::type_(param, format!("must be an int, got {}", type_name(value))))
+}
+
+fn extract_default_retry_after(value: Given<'_>) -> Result<u64, ArgError> {
+    let Some(value) = value.0 else {
+        return Ok(Config::default().default_retry_after);
+    };
+    let seconds = extract_whole_seconds("default_retry_after", &value)?;
+    u64::try_from(seconds)
+        .ok()
+        .filter(|s| *s <= MAX_DELAY)
+        .ok_or_else(|| {
+            ArgError::value(
+                "default_retry_after",
+                format!("must be whole seconds between 0 and {MAX_DELAY}, got {seconds}"),
+            )
+        })
+}
+
+fn extract_message(value: Option<&Bound<'_, PyAny>>) -> Result<Option<String>, ArgError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value.cast::<PyString>() {
+        Ok(text) => Ok(Some(text.to_string())),
+        Err(_) => Err(ArgError::type_(
+            "message",
+            format!("must be a str or None, got {}", type_name(value)),
+        )),
+    }
+}
+
+fn datetime_module_attr<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("datetime")?.getattr(name)
+}
+
+fn extract_until(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i64>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let datetime_type = datetime_module_attr(value.py(), "datetime")?;
+    if !value.is_instance(&datetime_type)? {
+        return Err(ArgError::type_(
+            "until",
+            format!("must be a datetime or None, got {}", type_name(value)),
+        )
+        .into());
+    }
+    let unix = datetime_to_unix(value).map_err(|err| {
+        ArgError::value(
+            "until",
+            format!("cannot be converted: {}: {err}", py_repr(value)),
+        )
+    })?;
+    if !(MIN_UNIX..=MAX_UNIX).contains(&unix) {
+        return Err(ArgError::value(
+            "until",
+            format!("is outside the years 1 to 9999 in UTC: {}", py_repr(value)),
+        )
+        .into());
+    }
+    Ok(Some(unix))
+}
+
+fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let timedelta_type = datetime_module_attr(value.py(), "timedelta")?;
+    let seconds: i128 = if value.is_instance(&timedelta_type)? {
+        let total: f64 = value.call_method0("total_seconds")?.extract()?;
+        if !total.is_finite() || total < 0.0 {
+            return Err(ArgError::value(
+                "retry_after",
+                format!("must not be negative, got {}", py_repr(value)),
+            )
+            .into());
+        }
+        // Rounded up: a client told to come back early only meets the 503 again.
+        total.ceil() as i128
+    } else {
+        let whole = extract_whole_seconds("retry_after", value).map_err(|_| {
+            ArgError::type_(
+                "retry_after",
+                format!(
+                    "must be an int, a timedelta or None, got {}",
+                    type_name(value)
+                ),
+            )
+        })?;
+        if whole < 0 {
+            return Err(ArgError::value(
+                "retry_after",
+                format!("must be whole seconds >= 0, got {whole}"),
+            )
+            .into());
+        }
+        whole
+    };
+    Ok(Some(
+        u64::try_from(seconds).unwrap_or(MAX_DELAY).min(MAX_DELAY),
+    ))
+}
+
+/// Maintenance mode and drain, shared by every request (and, through a state file, by every
+/// worker process).
+#[pyclass(name = "MaintenanceSwitch", module = "tidegate._tidegate", frozen)]
+pub struct MaintenanceSwitchPy {
+    pub core: Arc<Maintenance>,
+}
+
+impl MaintenanceSwitchPy {
+    fn run(
+        &self,
+        py: Python<'_>,
+        action: &str,
+        step: impl FnOnce(&Maintenance) -> std::io::Result<()> + Send,
+    ) -> PyResult<()> {
+        let core = &self.core;
+        py.detach(|| step(core))
+            .map_err(|err| match &core.config().state_file {
+                Some(path) => io_error(action, path, &err),
+                None => pyo3::exceptions::PyOSError::new_err(err.to_string()),
+            })
+    }
+}
+
+#[pymethods]
+impl MaintenanceSwitchPy {
+    #[new]
+    #[pyo3(
+        signature = (
+            state_file=None,
+            *,
+            env_var=Given(None),
+            poll_interval=Given(None),
+            default_retry_after=Given(None),
+        ),
+        text_signature = "(state_file=None, *, env_var='MAINTENANCE_MODE', poll_interval=1.0, default_retry_after=60)"
+    )]
+    fn new(
+        py: Python<'_>,
+        state_file: Option<&Bound<'_, PyAny>>,
+        env_var: Given<'_>,
+        poll_interval: Given<'_>,
+        default_retry_after: Given<'_>,
+    ) -> PyResult<Self> {
+        let config = Config {
+            state_file: extract_state_file(state_file)?,
+            env_var: extract_env_var(env_var)?,
+            poll_interval: extract_poll_interval(poll_interval)?,
+            default_retry_after: extract_default_retry_after(default_retry_after)?,
+        };
+        let core = py.detach(|| Maintenance::new(config));
+        Ok(Self {
+            core: Arc::new(core),
+        })
+    }
+
+    #[pyo3(signature = (*, message=None, until=None, retry_after=None))]
+    fn enable(
+        &self,
+        py: Python<'_>,
+        message: Option<&Bound<'_, PyAny>>,
+        until: Option<&Bound<'_, PyAny>>,
+        retry_after: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let notice = Notice {
+            message: extract_message(message)?,
+            until: extract_until(until)?,
+            retry_after: extract_retry_after(retry_after)?,
+        };
+        self.run(py, "write", move |core| core.enable(notice))
+    }
+
+    fn disable(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, "write", Maintenance::disable)
+    }
+
+    #[pyo3(signature = (*, local=false))]
+    fn drain(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+        self.run(py, "write", move |core| core.drain(local))
+    }
+
+    #[pyo3(signature = (*, local=false))]
+    fn undrain(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+        self.run(py, "write", move |core| core.undrain(local))
+    }
+
+    #[getter]
+    fn active(&self) -> bool {
+        self.core.active()
+    }
+
+    #[getter]
+    fn draining(&self) -> bool {
+        self.core.draining()
+    }
+
+    fn status(&self) -> MaintenanceStatusPy {
+        MaintenanceStatusPy {
+            status: self.core.status(),
+        }
+    }
+
+    #[getter]
+    fn state_file(&self) -> Option<std::ffi::OsString> {
+        self.core
+            .config()
+            .state_file
+            .as_ref()
+            .map(|path| path.as_os_str().to_owned())
+    }
+
+    #[getter]
+    fn env_var(&self) -> Option<String> {
+        self.core.config().env_var.clone()
+    }
+
+    #[getter]
+    fn poll_interval(&self) -> f64 {
+        self.core.config().poll_interval.as_secs_f64()
+    }
+
+    #[getter]
+    fn default_retry_after(&self) -> u64 {
+        self.core.config().default_retry_after
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let config = self.core.config();
+        let state_file = config
+            .state_file
+            .as_ref()
+            .map_or_else(|| "None".to_owned(), |p| str_repr(py, &p.to_string_lossy()));
+        let env_var = config
+            .env_var
+            .as_deref()
+            .map_or_else(|| "None".to_owned(), |n| str_repr(py, n));
+        format!(
+            "MaintenanceSwitch(state_file={state_file}, env_var={env_var}, poll_interval={:?}, active={}, draining={})",
+            config.poll_interval.as_secs_f64(),
+            if self.core.active() { "True" } else { "False" },
+            if self.core.draining() { "True" } else { "False" },
+        )
+    }
+}
+
+/// A snapshot of a `MaintenanceSwitch`.
+#[pyclass(name = "MaintenanceStatus", module = "tidegate._tidegate", frozen)]
+pub struct MaintenanceStatusPy {
+    pub status: Status,
+}
+
+#[pymethods]
+impl MaintenanceStatusPy {
+    #[getter]
+    fn active(&self) -> bool {
+        self.status.active
+    }
+
+    #[getter]
+    fn message(&self) -> Option<&str> {
+        self.status.message.as_deref()
+    }
+
+    #[getter]
+    fn until<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.status
+            .until
+            .map(|unix| unix_to_datetime(py, unix))
+            .transpose()
+    }
+
+    #[getter]
+    fn retry_after(&self) -> RetryAfterPy {
+        RetryAfterPy::new(RetryAfter::Delay(self.status.retry_after_secs))
+    }
+
+    #[getter]
+    fn source(&self) -> Option<&'static str> {
+        self.status.source.map(super::Source::as_str)
+    }
+
+    #[getter]
+    fn draining(&self) -> bool {
+        self.status.draining
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let s = &self.status;
+        let text =
+            |value: Option<&str>| value.map_or_else(|| "None".to_owned(), |v| str_repr(py, v));
+        let until = s.until.and_then(crate::clock::format_iso);
+        format!(
+            "MaintenanceStatus(active={}, source={}, message={}, until={}, retry_after={}, draining={})",
+            if s.active { "True" } else { "False" },
+            text(s.source.map(super::Source::as_str)),
+            text(s.message.as_deref()),
+            text(until.as_deref()),
+            s.retry_after_secs,
+            if s.draining { "True" } else { "False" },
+        )
+    }
+}

@@ -1,0 +1,515 @@
+//! The maintenance state file: its JSON form, reading it without trusting it, and replacing it
+//! atomically. The format is documented on the parent module.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{format_iso, parse_iso, MAX_UNIX, MIN_UNIX};
+
+/// The only format version this code writes and understands.
+pub const VERSION: u64 = 1;
+
+/// A state file larger than this is garbage, not state.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// The largest delay `Retry-After` says (RFC 9111 §1.2.2); bigger values saturate here.
+pub const MAX_DELAY: u64 = 2_147_483_648;
+
+/// What one side (this process, or the file) says about maintenance and draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub active: bool,
+    pub message: Option<String>,
+    /// Estimated end of maintenance, Unix seconds.
+    pub until: Option<i64>,
+    /// Explicit Retry-After in seconds, already saturated.
+    pub retry_after: Option<u64>,
+    pub draining: bool,
+}
+
+#[derive(Deserialize)]
+struct OnDisk {
+    #[serde(default)]
+    version: Option<u64>,
+    active: bool,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    retry_after: Option<u64>,
+    #[serde(default)]
+    draining: bool,
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    version: u64,
+    active: bool,
+    message: Option<&'a str>,
+    until: Option<String>,
+    retry_after: Option<u64>,
+    draining: bool,
+    updated_at: Option<String>,
+}
+
+/// Parses the file's bytes; the error says what is wrong with them.
+pub fn parse(bytes: &[u8]) -> Result<State, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("is empty".to_owned());
+    }
+    let doc: OnDisk =
+        serde_json::from_slice(bytes).map_err(|err| format!("is not a valid state file: {err}"))?;
+    if let Some(version) = doc.version {
+        if version != VERSION {
+            return Err(format!("has unsupported version {version}"));
+        }
+    }
+    let until = match doc.until {
+        None => None,
+        Some(text) => match parse_iso(&text) {
+            Some(unix) if (MIN_UNIX..=MAX_UNIX).contains(&unix) => Some(unix),
+            _ => {
+                return Err(format!(
+                    "has an until that is not an ISO-8601 date: {text:?}"
+                ))
+            }
+        },
+    };
+    Ok(State {
+        active: doc.active,
+        message: doc.message,
+        until,
+        retry_after: doc.retry_after.map(|secs| secs.min(MAX_DELAY)),
+        draining: doc.draining,
+    })
+}
+
+/// The file's bytes for `state`, stamped with `now` (Unix seconds).
+pub fn render(state: &State, now: i64) -> Vec<u8> {
+    let doc = Document {
+        version: VERSION,
+        active: state.active,
+        message: state.message.as_deref(),
+        until: state.until.and_then(format_iso),
+        retry_after: state.retry_after,
+        draining: state.draining,
+        updated_at: format_iso(now),
+    };
+    // Serialising plain strings, numbers and booleans cannot fail; an empty body would be
+    // read back as a bad file rather than crash anything.
+    let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Identifies one version of the file, so an unchanged file is not read again.
+///
+/// An atomic replace gives a new inode; the size, mtime and ctime catch in-place edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signature {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+#[cfg(unix)]
+fn signature(meta: &fs::Metadata) -> Signature {
+    use std::os::unix::fs::MetadataExt;
+    Signature {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    }
+}
+
+#[cfg(not(unix))]
+fn signature(meta: &fs::Metadata) -> Signature {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    Signature {
+        dev: 0,
+        ino: 0,
+        len: meta.len(),
+        mtime_ns,
+        ctime_ns: 0,
+    }
+}
+
+/// The outcome of looking at the state file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Look {
+    /// No file: not in maintenance, not draining.
+    Missing,
+    /// Same signature as last time; nothing was read.
+    Unchanged,
+    /// The file was read (or could not be); `signature` is that of what was read, when known.
+    Read {
+        result: Result<State, String>,
+        signature: Option<Signature>,
+    },
+}
+
+impl Look {
+    fn bad(reason: String, signature: Option<Signature>) -> Self {
+        Self::Read {
+            result: Err(reason),
+            signature,
+        }
+    }
+}
+
+/// Stats `path` and reads it only when its signature differs from `seen`.
+pub fn look(path: &Path, seen: Option<Signature>) -> Look {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Look::Missing,
+        Err(err) => return Look::bad(format!("cannot be examined: {err}"), None),
+    };
+    let sig = signature(&meta);
+    if seen == Some(sig) {
+        return Look::Unchanged;
+    }
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "is a directory"
+        } else {
+            "is not a regular file"
+        };
+        return Look::bad(kind.to_owned(), Some(sig));
+    }
+    read(path)
+}
+
+fn read(path: &Path) -> Look {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Look::Missing,
+        Err(err) => return Look::bad(format!("cannot be opened: {err}"), None),
+    };
+    // The signature of the open file is the one of the bytes read, even if the path has been
+    // replaced since it was stat'ed.
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(err) => return Look::bad(format!("cannot be examined: {err}"), None),
+    };
+    let sig = Some(signature(&meta));
+    if !meta.is_file() {
+        return Look::bad("is not a regular file".to_owned(), sig);
+    }
+    let mut bytes = Vec::new();
+    if let Err(err) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+        return Look::bad(format!("cannot be read: {err}"), sig);
+    }
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Look::bad(format!("is larger than {MAX_FILE_BYTES} bytes"), sig);
+    }
+    Look::Read {
+        result: parse(&bytes),
+        signature: sig,
+    }
+}
+
+/// Replaces `path` with `contents` so that a reader sees either the old file or the new one.
+///
+/// The bytes go to a temporary file created exclusively in the same folder (so a symlink
+/// planted at its name is refused, never followed), are flushed to disk, and the temporary
+/// file is renamed over `path`. The result has mode 0o644 whatever the umask.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let (temp_path, mut file) = create_temp(dir, &name.to_string_lossy())?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| make_readable(&file))
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(err) = written.and_then(|()| fs::rename(&temp_path, path)) {
+        let _ = fs::remove_file(&temp_path);
+        return Err(err);
+    }
+    // Makes the rename itself durable; a failure here does not undo a completed replace.
+    if let Ok(dir_handle) = File::open(dir) {
+        let _ = dir_handle.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_readable(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn make_readable(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+/// Opens a new file at `path`, failing if anything (a file, a symlink, dangling or not)
+/// is already there.
+pub fn create_exclusive(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..32 {
+        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let candidate = dir.join(format!(
+            ".{name}.{}.{seq}.{nanos:x}.tmp",
+            std::process::id()
+        ));
+        match create_exclusive(&candidate) {
+            Ok(file) => return Ok((candidate, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temporary file name next to the state file",
+    ))
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(label: &str) -> Self {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "tidegate-{label}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&path).expect("create temp dir");
+            Self(path)
+        }
+
+        pub fn entries(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(&self.0)
+                .expect("list temp dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sample() -> State {
+        State {
+            active: true,
+            message: Some("Upgrading \"db\" — back soon".into()),
+            until: Some(1_900_000_000),
+            retry_after: Some(120),
+            draining: true,
+        }
+    }
+
+    #[test]
+    fn render_and_parse_round_trip() {
+        let bytes = render(&sample(), 1_800_000_000);
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(
+            text.contains("\"until\": \"2030-03-17T17:46:40Z\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"updated_at\": \"2027-01-15T08:00:00Z\""),
+            "{text}"
+        );
+        assert_eq!(parse(&bytes), Ok(sample()));
+        assert_eq!(parse(&render(&State::default(), 0)), Ok(State::default()));
+    }
+
+    #[test]
+    fn parse_is_lenient_about_unknown_keys_and_optional_fields() {
+        let state = parse(br#"{"active": true, "owner": "ops", "updated_at": 5}"#);
+        assert_eq!(
+            state,
+            Ok(State {
+                active: true,
+                ..State::default()
+            })
+        );
+        let state = parse(br#"{"version": 1, "active": false, "until": "2030-01-01T01:00:00+01:00", "retry_after": 99999999999}"#)
+            .expect("valid");
+        assert_eq!(state.until, Some(1_893_456_000));
+        assert_eq!(state.retry_after, Some(MAX_DELAY));
+    }
+
+    #[test]
+    fn parse_rejects_garbage_with_a_reason() {
+        for (bytes, reason) in [
+            (&b""[..], "is empty"),
+            (b"  \n", "is empty"),
+            (b"{\"active\": tr", "not a valid state file"),
+            (b"not json", "not a valid state file"),
+            (b"[true]", "not a valid state file"),
+            (b"{}", "not a valid state file"),
+            (b"{\"active\": \"yes\"}", "not a valid state file"),
+            (
+                b"{\"active\": true, \"message\": 5}",
+                "not a valid state file",
+            ),
+            (
+                b"{\"active\": true, \"retry_after\": -1}",
+                "not a valid state file",
+            ),
+            (
+                b"{\"active\": true, \"retry_after\": 1.5}",
+                "not a valid state file",
+            ),
+            (
+                b"{\"active\": true, \"draining\": null}",
+                "not a valid state file",
+            ),
+            (
+                b"{\"active\": true, \"version\": 2}",
+                "unsupported version 2",
+            ),
+            (
+                b"{\"active\": true, \"until\": \"tomorrow\"}",
+                "not an ISO-8601",
+            ),
+            (
+                b"{\"active\": true, \"until\": \"0001-01-01T00:00:00+01:00\"}",
+                "not an ISO-8601",
+            ),
+            (b"\xff\xfe", "not a valid state file"),
+        ] {
+            match parse(bytes) {
+                Err(err) => assert!(err.contains(reason), "{bytes:?}: {err}"),
+                Ok(state) => panic!("{bytes:?} parsed as {state:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn look_reads_only_what_changed() {
+        let dir = TempDir::new("look");
+        let path = dir.0.join("state.json");
+        assert_eq!(look(&path, None), Look::Missing);
+        write_atomic(&path, &render(&sample(), 0)).expect("write");
+        let Look::Read {
+            result: Ok(state),
+            signature: Some(sig),
+        } = look(&path, None)
+        else {
+            panic!("expected a good read");
+        };
+        assert_eq!(state, sample());
+        assert_eq!(look(&path, Some(sig)), Look::Unchanged);
+        write_atomic(&path, &render(&State::default(), 0)).expect("write");
+        assert!(matches!(
+            look(&path, Some(sig)),
+            Look::Read { result: Ok(s), .. } if s == State::default()
+        ));
+    }
+
+    #[test]
+    fn look_reports_directories_and_oversized_files() {
+        let dir = TempDir::new("odd");
+        let path = dir.0.join("state.json");
+        fs::create_dir(&path).expect("mkdir");
+        assert!(matches!(
+            look(&path, None),
+            Look::Read { result: Err(e), .. } if e == "is a directory"
+        ));
+        fs::remove_dir(&path).expect("rmdir");
+        let mut big = b"{\"active\": true, \"message\": \"".to_vec();
+        big.resize(MAX_FILE_BYTES as usize + 10, b'a');
+        fs::write(&path, &big).expect("write");
+        assert!(matches!(
+            look(&path, None),
+            Look::Read { result: Err(e), .. } if e.contains("larger than")
+        ));
+    }
+
+    #[test]
+    fn write_atomic_leaves_one_file_with_mode_644() {
+        let dir = TempDir::new("write");
+        let path = dir.0.join("state.json");
+        for i in 0..50 {
+            let state = State {
+                active: i % 2 == 0,
+                ..State::default()
+            };
+            write_atomic(&path, &render(&state, i)).expect("write");
+        }
+        assert_eq!(dir.entries(), vec!["state.json".to_owned()]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+    }
+
+    #[test]
+    fn write_atomic_fails_cleanly_when_the_target_is_a_directory() {
+        let dir = TempDir::new("blocked");
+        let path = dir.0.join("state.json");
+        fs::create_dir(&path).expect("mkdir");
+        fs::write(path.join("keep"), b"x").expect("write");
+        assert!(write_atomic(&path, b"{}").is_err());
+        assert_eq!(dir.entries(), vec!["state.json".to_owned()]);
+        assert!(write_atomic(&dir.0.join("missing-dir").join("state.json"), b"{}").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exclusive_creation_never_follows_a_planted_symlink() {
+        let dir = TempDir::new("symlink");
+        let victim = dir.0.join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        let planted = dir.0.join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+        let err = create_exclusive(&planted).expect_err("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        let dangling = dir.0.join("dangling");
+        std::os::unix::fs::symlink(dir.0.join("nowhere"), &dangling).expect("symlink");
+        assert!(create_exclusive(&dangling).is_err());
+        assert!(!dir.0.join("nowhere").exists());
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+    }
+}
