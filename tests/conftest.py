@@ -1,15 +1,18 @@
-"""Shared fixtures: WSGI apps that record what the middleware does to them, and a tiny
-in-process WSGI server loop that iterates and closes bodies the way real servers do."""
+"""Shared fixtures: WSGI apps that record what the middleware does to them, a tiny
+in-process WSGI server loop that iterates and closes bodies the way real servers do, and real
+Gunicorn servers (see ``servers.py``)."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from servers import GunicornServer
 
 
 class Boom(Exception):
@@ -136,3 +139,15 @@ class _StreamBody:
 @pytest.fixture
 def recording_app() -> RecordingApp:
     return RecordingApp()
+
+
+@pytest.fixture
+def start_gunicorn() -> Iterator[Callable[..., GunicornServer]]:
+    """Starts real Gunicorn servers: ``start_gunicorn(app, **GunicornServer options)``, each ready
+    when returned; all of them are stopped at teardown, whatever the test did."""
+    with ExitStack() as stack:
+
+        def start(app: str, **options: Any) -> GunicornServer:
+            return stack.enter_context(GunicornServer(app, **options))
+
+        yield start

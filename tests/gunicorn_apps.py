@@ -1,0 +1,162 @@
+"""A WSGI app for the real-server tests, wrapped in TideGateMiddleware, that measures from
+inside how many requests it is handling at once.
+
+Gunicorn imports it as ``gunicorn_apps:application`` (from the tests directory). The limit is
+``TIDEGATE_TEST_LIMIT`` (default 4). Routes:
+
+- ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``.
+- ``/stream?chunks=100&ms=10``: ``chunks`` chunks of ``tick\\n`` with ``ms`` milliseconds before
+  each one after the first. The request counts as inside the app until the server calls the
+  body's ``close()``, as PEP 3333 has it.
+- ``/_stats`` (exempt from the gate): JSON with the app's own counts (``inside``, ``worst``,
+  ``entered``, the ``streams_*`` counters) and the gate's (``in_flight``, ``peak``,
+  ``admitted``, ``rejected``, ``limit``), plus this worker's ``pid``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from tidegate.wsgi import TideGateMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
+STATS_PATH = "/_stats"
+CHUNK = b"tick\n"
+
+
+class Meter:
+    """Counts requests inside the app; ``worst`` is the most ever inside at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.worst = 0
+        self.entered = 0
+        self.streams_started = 0
+        self.streams_finished = 0
+        self.streams_closed = 0
+        self.streams_closed_early = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.entered += 1
+            self.inside += 1
+            self.worst = max(self.worst, self.inside)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                "inside": self.inside,
+                "worst": self.worst,
+                "entered": self.entered,
+                "streams_started": self.streams_started,
+                "streams_finished": self.streams_finished,
+                "streams_closed": self.streams_closed,
+                "streams_closed_early": self.streams_closed_early,
+            }
+
+
+meter = Meter()
+
+
+class Stream:
+    """A streamed body that stays inside the app until ``close()``."""
+
+    def __init__(self, chunks: int, delay: float) -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.finished = False
+        self.closed = False
+        with meter.lock:
+            meter.streams_started += 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index in range(self.chunks):
+            if index:
+                time.sleep(self.delay)
+            yield CHUNK
+        self.finished = True
+        with meter.lock:
+            meter.streams_finished += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with meter.lock:
+            meter.streams_closed += 1
+            if not self.finished:
+                meter.streams_closed_early += 1
+        meter.leave()
+
+
+def _number(query: dict[str, list[str]], name: str, default: int) -> int:
+    values = query.get(name)
+    return int(values[0]) if values else default
+
+
+def _text(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def measured_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if path == STATS_PATH:
+        return _stats(start_response)
+    meter.enter()
+    if path == "/stream":
+        try:
+            body = Stream(_number(query, "chunks", 100), _number(query, "ms", 10) / 1000)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        except BaseException:
+            meter.leave()
+            raise
+        return body
+    try:
+        if path == "/work":
+            time.sleep(_number(query, "ms", 50) / 1000)
+            return _text(start_response, "200 OK", b"done")
+        return _text(start_response, "404 Not Found", b"no such route")
+    finally:
+        meter.leave()
+
+
+def _stats(start_response: StartResponse) -> list[bytes]:
+    gate = application.gate
+    document: dict[str, Any] = meter.snapshot()
+    document.update(
+        pid=os.getpid(),
+        limit=gate.limit,
+        in_flight=gate.in_flight,
+        peak=gate.peak,
+        admitted=gate.admitted,
+        rejected=gate.rejected,
+    )
+    body = json.dumps(document).encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
+
+
+application = TideGateMiddleware(measured_app, limit=LIMIT, exempt_paths=[STATS_PATH])

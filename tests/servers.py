@@ -1,0 +1,363 @@
+"""Real servers for tests: Gunicorn on a loopback port, ready before the test talks to it and
+always stopped afterwards, its workers included, whatever the test did.
+
+    with GunicornServer("gunicorn_apps:application", threads=16, env={...}) as server:
+        reply = server.fetch("/work")
+
+The listening socket is bound here (127.0.0.1, a free port) and handed to Gunicorn as
+``fd://N``, so no other process can take the port between choosing and binding it. Gunicorn
+runs with a generated config that chains the caller's (``config=``) and adds two hooks: each
+worker leaves a file named by its pid once the app is loaded and removes it when it exits.
+Start-up waits for one file per worker; :meth:`GunicornServer.worker_pids` reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+TESTS_DIR = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+
+T = TypeVar("T")
+
+_CONFIG_TEMPLATE = """\
+import importlib
+import os
+import runpy
+
+# Several test servers may run at once: none may claim the shared control socket (a setting
+# older Gunicorns do not have, and ignore here).
+control_socket_disable = True
+
+_location = {location!r}
+if _location is None:
+    _settings = {{}}
+elif _location.startswith("python:"):
+    _settings = dict(vars(importlib.import_module(_location[len("python:"):])))
+else:
+    _settings = runpy.run_path(_location)
+globals().update({{k: v for k, v in _settings.items() if not k.startswith("_")}})
+
+_ready_dir = {ready_dir!r}
+_chained_post_worker_init = _settings.get("post_worker_init")
+_chained_worker_exit = _settings.get("worker_exit")
+
+
+def post_worker_init(worker):
+    if _chained_post_worker_init is not None:
+        _chained_post_worker_init(worker)
+    with open(os.path.join(_ready_dir, str(worker.pid)), "x"):
+        pass
+
+
+def worker_exit(server, worker):
+    try:
+        if _chained_worker_exit is not None:
+            _chained_worker_exit(server, worker)
+    finally:
+        try:
+            os.unlink(os.path.join(_ready_dir, str(worker.pid)))
+        except FileNotFoundError:
+            pass
+"""
+
+
+class ServerError(RuntimeError):
+    """The server did not come up, or did not stop; the message carries its output."""
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def wait_for(
+    probe: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    what: str = "the condition",
+) -> T:
+    """Calls ``probe`` until ``done`` accepts its result and returns that result; past
+    ``timeout`` seconds fails the test with the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s; last: {result!r}")
+        time.sleep(interval)
+
+
+def _exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it: until it is reaped its
+    process group cannot be reused, so signalling the group reaches only what we started."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GunicornServer:
+    """``python -m gunicorn APP`` on ``127.0.0.1:<free port>``, as a context manager.
+
+    ``threads`` is passed only when given (Gunicorn turns a ``sync`` worker with more than one
+    thread into ``gthread``). ``args`` are extra command-line arguments, ``env`` extra
+    environment variables, ``config`` a Gunicorn config (a file path or ``python:module``)
+    whose settings and hooks apply, ``chdir`` the directory the app is imported from
+    (default: the tests directory). ``graceful_timeout`` is Gunicorn's; :meth:`stop` sends
+    SIGTERM and, past ``graceful_timeout + 2`` seconds, SIGKILL to the whole process group.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        worker_class: str = "gthread",
+        workers: int = 1,
+        threads: int | None = None,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        config: str | os.PathLike[str] | None = None,
+        chdir: str | os.PathLike[str] = TESTS_DIR,
+        graceful_timeout: int = 3,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.worker_class = worker_class
+        self.workers = workers
+        self.threads = threads
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.config = config
+        self.chdir = Path(chdir).resolve()
+        self.graceful_timeout = graceful_timeout
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._last_output = ""
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The Gunicorn master's pid."""
+        if self._proc is None:
+            raise ServerError("the server is not running")
+        return self._proc.pid
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> GunicornServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Starts Gunicorn and returns once every worker has loaded the app."""
+        if self._proc is not None:
+            raise ServerError("the server is already running")
+        self._workdir = Path(tempfile.mkdtemp(prefix="gunicorn-test-"))
+        ready_dir = self._workdir / "ready"
+        ready_dir.mkdir()
+        config_path = self._workdir / "config.py"
+        config_path.write_text(
+            _CONFIG_TEMPLATE.format(location=self._config_location(), ready_dir=str(ready_dir))
+        )
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind((HOST, 0))
+            listener.listen(128)
+            self.port = listener.getsockname()[1]
+            listener.set_inheritable(True)
+            command = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"fd://{listener.fileno()}",
+                "--worker-class",
+                self.worker_class,
+                "--workers",
+                str(self.workers),
+                "--graceful-timeout",
+                str(self.graceful_timeout),
+                "--chdir",
+                str(self.chdir),
+                "--config",
+                str(config_path),
+            ]
+            if self.threads is not None:
+                command += ["--threads", str(self.threads)]
+            command += [*self.args, self.app]
+            env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+            env.update(self.env)
+            env["PYTHONUNBUFFERED"] = "1"
+            with open(self._workdir / "output.log", "wb") as log:
+                self._proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    pass_fds=[listener.fileno()],
+                    start_new_session=True,
+                )
+        except BaseException:
+            self._cleanup()
+            raise
+        finally:
+            listener.close()
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM to the master, SIGKILL to its process group past the deadline; idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if not _exited(proc.pid):
+                proc.send_signal(signal.SIGTERM)
+                if not self._wait_exited(self.graceful_timeout + 2.0):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    self._wait_exited(5.0)
+            # Anything left in the group (a worker of a master that died) goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            self.returncode = proc.wait(timeout=5.0)
+        finally:
+            self._proc = None
+            self._last_output = self.output()
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def _config_location(self) -> str | None:
+        if self.config is None:
+            return None
+        location = os.fspath(self.config)
+        if location.startswith("python:"):
+            return location
+        return str(Path(location.removeprefix("file:")).resolve())
+
+    def _wait_exited(self, timeout: float) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while not _exited(self._proc.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _wait_until_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while len(self.worker_pids()) < self.workers:
+            if _exited(self._proc.pid):
+                raise ServerError(f"gunicorn exited during start-up:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"gunicorn had {len(self.worker_pids())} of {self.workers} workers ready "
+                    f"after {self.startup_timeout}s:\n{self.output()}"
+                )
+            time.sleep(0.02)
+
+    # -- inspection --------------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers that have loaded the app and not exited."""
+        if self._workdir is None:
+            return []
+        pids = [int(entry.name) for entry in (self._workdir / "ready").iterdir()]
+        return sorted(pid for pid in pids if _alive(pid))
+
+    def output(self) -> str:
+        """What Gunicorn printed so far (its log and any traceback)."""
+        if self._workdir is None:
+            return self._last_output
+        try:
+            return (self._workdir / "output.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- a plain client ----------------------------------------------------------------
+
+    def connection(self, timeout: float = 5.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+
+    def fetch(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: float = 5.0,
+    ) -> Response:
+        """One request on a new connection, read to the end."""
+        conn = self.connection(timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            reply = conn.getresponse()
+            data = reply.read()
+            return Response(reply.status, reply.reason, reply.headers, data)
+        finally:
+            conn.close()
