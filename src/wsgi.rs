@@ -17,6 +17,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::accept::prefers_html;
 use crate::gate::Gate;
+use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 
 /// One pre-rendered overload response (for one Retry-After value).
 struct Variant {
@@ -34,6 +35,10 @@ struct Config {
     gate: Option<Arc<Gate>>,
     /// path -> None (exempt: straight to the app) or a callable(environ, start_response).
     routes: Py<PyDict>,
+    maintenance: Option<Arc<Maintenance>>,
+    /// Called as `(environ, start_response)` while maintenance is on; `None` means the request
+    /// may bypass it.
+    on_maintenance: Py<PyAny>,
     /// Called as `(environ, start_response, exc)` for an exception of `dependency_error`.
     on_dependency: Py<PyAny>,
     dependency_error: Py<PyAny>,
@@ -62,12 +67,14 @@ impl MiddlewareCore {
 
     /// Sets everything the request path needs; callable once.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, app, gate, routes, on_dependency, dependency_error, overload_status, overload_variants))]
+    #[pyo3(signature = (*, app, gate, routes, maintenance, on_maintenance, on_dependency, dependency_error, overload_status, overload_variants))]
     fn _configure(
         &self,
         app: Py<PyAny>,
         gate: Option<PyRef<'_, crate::gate::GatePy>>,
         routes: Py<PyDict>,
+        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
+        on_maintenance: Py<PyAny>,
         on_dependency: Py<PyAny>,
         dependency_error: Py<PyAny>,
         overload_status: Py<PyString>,
@@ -94,6 +101,8 @@ impl MiddlewareCore {
             app,
             gate: gate.map(|g| g.gate.clone()),
             routes,
+            maintenance: maintenance.map(|m| m.core.clone()),
+            on_maintenance,
             on_dependency,
             dependency_error,
             overload_status,
@@ -121,6 +130,12 @@ impl MiddlewareCore {
                     return config.app.call1(py, (environ, start_response));
                 }
                 return route.call1((environ, start_response)).map(Bound::unbind);
+            }
+        }
+        if config.maintenance.as_ref().is_some_and(|m| m.active()) {
+            let reply = config.on_maintenance.call1(py, (environ, start_response))?;
+            if !reply.is_none(py) {
+                return Ok(reply);
             }
         }
         let Some(gate) = &config.gate else {

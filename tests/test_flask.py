@@ -323,3 +323,36 @@ def test_an_open_breaker_in_a_view_becomes_a_dependency_503() -> None:
         assert reply.json is not None and reply.json["reason"] == "dependency"
         assert 1 <= int(reply.headers["Retry-After"]) <= 5
     assert state(app).gate.in_flight == 0
+
+
+def test_maintenance_page_exempt_views_and_bypass() -> None:
+    from tidegate import MaintenanceSwitch
+
+    switch = MaintenanceSwitch(env_var=None)
+    switch.enable(message="Back soon", retry_after=300)
+    app = make_app()
+    ext = TideGate(app, maintenance=switch, bypass_networks=["10.0.0.0/8"])
+
+    @app.get("/status")
+    @ext.exempt
+    def status() -> str:
+        return "up"
+
+    @app.get("/gated-only")
+    @ext.exempt(maintenance=False)
+    def gated_only() -> str:
+        return "never in maintenance"
+
+    client = app.test_client()
+    reply = client.get("/")
+    assert reply.status_code == 503
+    assert reply.json is not None and reply.json["reason"] == "maintenance"
+    assert reply.json["message"] == "Back soon"
+    assert reply.headers["Retry-After"] == "300"
+    assert client.get("/status").text == "up"
+    assert client.get("/gated-only").status_code == 503
+    assert client.get("/", environ_base={"REMOTE_ADDR": "10.9.9.9"}).text == "hello"
+    forged = client.get("/", headers={"X-Forwarded-For": "10.9.9.9"})
+    assert forged.status_code == 503, "no proxy is trusted, so the header is ignored"
+    switch.disable()
+    assert client.get("/").text == "hello"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tidegate import MaintenanceStatus, MaintenanceSwitch, RetryAfter
 
 # How late a change may be seen beyond the poll interval on a busy machine.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -403,3 +404,111 @@ def test_an_open_breaker_in_the_app_becomes_a_dependency_503() -> None:
     assert reply.headers["Retry-After"] == "18", "the time left until a probe, rounded up"
     assert reply.json()["retry_after"] == 18
     assert mw.gate.in_flight == 0
+
+
+def maintenance_on(**options: Any) -> Any:
+    from tidegate import MaintenanceSwitch
+
+    switch = MaintenanceSwitch(env_var=None)
+    switch.enable(**options)
+    return switch
+
+
+def test_maintenance_answers_with_message_and_estimated_return(
+    recording_app: RecordingApp,
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=10)
+    switch = maintenance_on(message="Upgrading <db>", until=until)
+    mw = TideGateMiddleware(recording_app, limit=2, maintenance=switch)
+    reply = call(mw, "/")
+    assert reply.code == 503
+    document = reply.json()
+    assert document["reason"] == "maintenance"
+    assert document["message"] == "Upgrading <db>"
+    assert document["estimated_return"] == until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert 590 <= int(reply.headers["Retry-After"]) <= 600
+    assert document["retry_after"] == int(reply.headers["Retry-After"])
+    page = call(mw, "/", HTTP_ACCEPT="text/html").body.decode()
+    assert "Upgrading &lt;db&gt;" in page and "<db>" not in page
+    assert recording_app.calls == 0
+    assert mw.gate.in_flight == 0 and mw.gate.admitted == 0, "maintenance takes no permit"
+    assert call(mw, "/health").code == 200, "health paths are exempt"
+    switch.disable()
+    assert call(mw, "/").code == 200
+
+
+def test_maintenance_from_a_state_file_path(recording_app: RecordingApp, tmp_path: Any) -> None:
+    from tidegate import MaintenanceSwitch
+
+    state = tmp_path / "maintenance.json"
+    mw = TideGateMiddleware(recording_app, maintenance=str(state))
+    assert call(mw, "/").code == 200
+    MaintenanceSwitch(state, env_var=None).enable(retry_after=120)
+    # Another process's write reaches this one within the poll interval (1 s by default).
+    deadline = time.monotonic() + 3
+    while call(mw, "/").code == 200:
+        assert time.monotonic() < deadline, "the state file was never noticed"
+        time.sleep(0.02)
+    reply = call(mw, "/")
+    assert reply.json()["reason"] == "maintenance"
+    assert reply.headers["Retry-After"] == "120"
+
+
+@pytest.mark.parametrize(
+    ("environ", "bypassed"),
+    [
+        ({"REMOTE_ADDR": "10.1.2.3"}, True),
+        ({"REMOTE_ADDR": "192.0.2.7"}, False),
+        ({"REMOTE_ADDR": "192.0.2.7", "HTTP_X_FORWARDED_FOR": "10.1.2.3"}, False),
+        ({"REMOTE_ADDR": "not an address"}, False),
+        ({"REMOTE_ADDR": "192.0.2.7", "HTTP_X_MAINTENANCE_BYPASS": "s3cret-s3cret-s3cret"}, True),
+        ({"REMOTE_ADDR": "192.0.2.7", "HTTP_X_MAINTENANCE_BYPASS": "s3cret-s3cret-s3creT"}, False),
+        ({"REMOTE_ADDR": "192.0.2.7", "HTTP_X_MAINTENANCE_BYPASS": "\udcff"}, False),
+    ],
+)
+def test_maintenance_bypass_without_trusted_proxies(
+    recording_app: RecordingApp, environ: dict[str, str], bypassed: bool
+) -> None:
+    mw = TideGateMiddleware(
+        recording_app,
+        maintenance=maintenance_on(),
+        bypass_networks=["10.0.0.0/8"],
+        bypass_header="X-Maintenance-Bypass",
+        bypass_token="s3cret-s3cret-s3cret",
+    )
+    assert call(mw, "/", **environ).code == (200 if bypassed else 503)
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "bypassed"),
+    [
+        ("10.1.2.3", True),  # the client as our one trusted proxy saw it
+        ("10.1.2.3, 192.0.2.9", False),  # a forged first entry; the proxy saw 192.0.2.9
+        ("192.0.2.9, 10.1.2.3", True),
+        ("", False),
+        (" , ,", False),
+    ],
+)
+def test_forwarded_for_is_read_only_through_trusted_proxies(
+    recording_app: RecordingApp, forwarded: str, bypassed: bool
+) -> None:
+    mw = TideGateMiddleware(
+        recording_app,
+        maintenance=maintenance_on(),
+        bypass_networks=["10.0.0.0/8"],
+        trusted_proxies=1,
+    )
+    reply = call(mw, "/", REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR=forwarded)
+    assert reply.code == (200 if bypassed else 503)
+
+
+def test_a_bypassed_request_is_still_gated(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(
+        recording_app, limit=1, maintenance=maintenance_on(), bypass_networks=["127.0.0.0/8"]
+    )
+    held = mw(environ_for("/stream"), start_response)
+    reply = call(mw, "/")
+    held.close()
+    assert reply.code == 503 and reply.json()["reason"] == "overload"

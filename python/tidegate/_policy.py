@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
-from tidegate._tidegate import CapacityGate
+from tidegate._tidegate import CapacityGate, MaintenanceSwitch
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
 if TYPE_CHECKING:
@@ -83,18 +83,12 @@ def _networks(value: object) -> tuple[_Network, ...]:
     return tuple(networks)
 
 
-def _maintenance(value: object) -> Any:
-    if value is None:
-        return None
+def _maintenance(value: object) -> MaintenanceSwitch | None:
+    if value is None or isinstance(value, MaintenanceSwitch):
+        return value
     if isinstance(value, (str, os.PathLike)):
-        from tidegate._tidegate import MaintenanceSwitch
-
         return MaintenanceSwitch(value)
-    if not callable(getattr(value, "status", None)):
-        raise TypeError(
-            f"maintenance: must be a MaintenanceSwitch or a state-file path, got {value!r}"
-        )
-    return value
+    raise TypeError(f"maintenance: must be a MaintenanceSwitch or a state-file path, got {value!r}")
 
 
 def _health(value: object) -> Any:

@@ -22,7 +22,6 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _L = TypeVar("_L", bound=Callable[..., object])
 
-
 __version__: str
 __all__ = [
     "CapacityGate",
@@ -176,6 +175,8 @@ class MiddlewareCore:
         app: object,
         gate: CapacityGate | None,
         routes: dict[str, object],
+        maintenance: MaintenanceSwitch | None,
+        on_maintenance: object,
         on_dependency: object,
         dependency_error: object,
         overload_status: str,

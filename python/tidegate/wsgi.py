@@ -102,6 +102,8 @@ class TideGateMiddleware(MiddlewareCore):
             app=app,
             gate=policy.gate,
             routes=routes,
+            maintenance=policy.maintenance,
+            on_maintenance=self._serve_maintenance,
             on_dependency=self._serve_dependency,
             dependency_error=_dependency_errors(),
             overload_status=STATUS,
