@@ -341,7 +341,7 @@ def test_maintenance_page_exempt_views_and_bypass() -> None:
     @app.get("/gated-only")
     @ext.exempt(maintenance=False)
     def gated_only() -> str:
-        return "never in maintenance"
+        return "not gated"
 
     client = app.test_client()
     reply = client.get("/")
