@@ -11,6 +11,7 @@ import ipaddress
 import json
 import math
 import os
+import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
@@ -161,6 +162,14 @@ class Policy:
                 raise ValueError("bypass_token: must be a str of at least 16 characters")
             self._bypass_key = "HTTP_" + bypass_header.strip().upper().replace("-", "_")
             self._bypass_token = bypass_token.encode("utf-8")
+        # Rendered once: shedding must cost less than serving.
+        self._overload = [
+            (
+                self.pages.render("overload", retry_after=seconds),
+                self.pages.render("overload", retry_after=seconds, html_page=True),
+            )
+            for seconds in range(self.retry_after, self.retry_after + self.retry_jitter + 1)
+        ]
 
     # -- what the hot path needs prepared ----------------------------------------------
 
@@ -168,12 +177,10 @@ class Policy:
         self,
     ) -> list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]], bytes]]:
         """The overload 503 for every Retry-After the jitter can pick, as JSON and as HTML."""
-        variants = []
-        for seconds in range(self.retry_after, self.retry_after + self.retry_jitter + 1):
-            as_json = self.pages.render("overload", retry_after=seconds)
-            as_html = self.pages.render("overload", retry_after=seconds, html_page=True)
-            variants.append((as_json.headers, as_json.body, as_html.headers, as_html.body))
-        return variants
+        return [
+            (as_json.headers, as_json.body, as_html.headers, as_html.body)
+            for as_json, as_html in self._overload
+        ]
 
     # -- decisions ---------------------------------------------------------------------
 
@@ -186,8 +193,10 @@ class Policy:
         return self.pages.render(reason, retry_after=retry_after, html_page=as_html, **details)
 
     def overload(self, environ: WSGIEnvironment) -> Rendered:
-        """The overload 503 (Retry-After without jitter: for adapters off the Rust path)."""
-        return self.render(environ, "overload", retry_after=self.retry_after)
+        """The overload 503, with a Retry-After picked from the jitter range."""
+        as_json, as_html = random.choice(self._overload)
+        accept = environ.get("HTTP_ACCEPT")
+        return as_html if isinstance(accept, str) and prefers_html(accept) else as_json
 
     def maintenance_response(self, environ: WSGIEnvironment) -> Rendered | None:
         """The maintenance 503, or ``None`` when maintenance is off or this request bypasses it."""

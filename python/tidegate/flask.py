@@ -9,6 +9,7 @@ the server closes the body, not merely until the view returns.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
@@ -17,7 +18,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
 from tidegate._policy import OPTION_NAMES, Policy
-from tidegate._tidegate import Permit
+from tidegate._tidegate import CircuitOpenError, Permit
 from tidegate.responses import Rendered
 
 __all__ = ["CONFIG_PREFIX", "TideGate", "TideGateState", "TideGateUnavailable"]
@@ -37,13 +38,15 @@ class _Exemption:
     maintenance: bool
 
 
-@dataclass
 class _RequestState:
     """What tidegate knows about one request: the permit it owns, if any."""
 
-    permit: Permit | None = None
-    handed_to_body: bool = False
-    retry_after: int | None = None
+    __slots__ = ("handed_to_body", "permit", "retry_after")
+
+    def __init__(self) -> None:
+        self.permit: Permit | None = None
+        self.handed_to_body = False
+        self.retry_after: int | None = None
 
 
 @dataclass
@@ -53,6 +56,7 @@ class TideGateState:
     extension: TideGate
     policy: Policy
     exempt_views: dict[Callable[..., Any], _Exemption] = field(default_factory=dict)
+    own_503_handler: bool | None = None
 
     @property
     def gate(self) -> Any:
@@ -113,14 +117,15 @@ class TideGate:
         state = TideGateState(self, Policy(**options), self._exempt)
         app.extensions[_EXTENSION_KEY] = state
         # First in line, so excess requests are shed before any other hook does work.
-        app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
+        app.before_request_funcs.setdefault(None, []).insert(
+            0, functools.partial(self._before_request, state)
+        )
         app.after_request(self._after_request)
         app.teardown_request(self._teardown_request)
-        from tidegate.wsgi import _dependency_errors
-
-        for error in _dependency_errors():
-            if error not in app.error_handler_spec.get(None, {}).get(None, {}):
-                app.register_error_handler(error, self._on_dependency_error)
+        if CircuitOpenError not in app.error_handler_spec.get(None, {}).get(None, {}):
+            app.register_error_handler(
+                CircuitOpenError, functools.partial(self._on_dependency_error, state)
+            )
 
     @overload
     def exempt(self, view: F, /) -> F: ...
@@ -144,33 +149,37 @@ class TideGate:
         return mark(view) if view is not None else mark
 
     # -- hooks -------------------------------------------------------------------------
+    # Registered per app with that app's state bound in, so a request never looks it up
+    # through ``current_app``; each hook touches the ``request`` proxy once.
 
-    @staticmethod
-    def _state() -> TideGateState:
-        state: TideGateState = current_app.extensions[_EXTENSION_KEY]
-        return state
-
-    def _before_request(self) -> Response | None:
-        state = self._state()
+    def _before_request(self, state: TideGateState) -> Response | None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
         policy = state.policy
-        environ = request.environ
-        health = policy.health_response(request.path)
-        if health is not None:
-            return _to_response(health)
-        if request.path in policy.exempt_paths:
-            return None
-        view = current_app.view_functions.get(request.endpoint or "")
-        exemption = state.exempt_views.get(view) if view is not None else None
+        path = req.path
+        if path in policy.exempt_paths:
+            health = policy.health_response(path)
+            return None if health is None else _to_response(health)
+        exemption = None
+        if state.exempt_views:
+            view = current_app.view_functions.get(req.endpoint or "")
+            exemption = state.exempt_views.get(view) if view is not None else None
+        environ = req.environ
         mine = _RequestState()
         environ[_REQUEST_KEY] = mine
-        if exemption is None or not exemption.maintenance:
+        switch = policy.maintenance
+        if (
+            switch is not None
+            and switch.active
+            and (exemption is None or not exemption.maintenance)
+        ):
             rendered = policy.maintenance_response(environ)
             if rendered is not None:
-                raise self._unavailable(mine, rendered, "maintenance")
-        if policy.gate is not None and (exemption is None or not exemption.gate):
-            permit = policy.gate.try_acquire()
+                return self._reject(state, mine, rendered, "maintenance")
+        gate = policy.gate
+        if gate is not None and (exemption is None or not exemption.gate):
+            permit = gate.try_acquire()
             if permit is None:
-                raise self._unavailable(mine, policy.overload(environ), "overload")
+                return self._reject(state, mine, policy.overload(environ), "overload")
             mine.permit = permit
         return None
 
@@ -178,8 +187,9 @@ class TideGate:
         mine: _RequestState | None = request.environ.get(_REQUEST_KEY)
         if mine is None:
             return response
-        if mine.permit is not None and response.is_streamed and not mine.permit.released:
-            response.call_on_close(mine.permit.release)
+        permit = mine.permit
+        if permit is not None and response.is_streamed and not permit.released:
+            response.call_on_close(permit.release)
             mine.handed_to_body = True
         if mine.retry_after is not None and response.status_code == 503:
             response.headers.setdefault("Retry-After", str(mine.retry_after))
@@ -191,15 +201,38 @@ class TideGate:
         if mine is not None and mine.permit is not None and not mine.handed_to_body:
             mine.permit.release()
 
-    def _on_dependency_error(self, error: Exception) -> Any:
-        state = self._state()
-        mine = request.environ.setdefault(_REQUEST_KEY, _RequestState())
-        rendered = state.policy.dependency_response(request.environ, error)
-        unavailable = self._unavailable(mine, rendered, "dependency")
-        return current_app.handle_http_exception(unavailable)
+    def _on_dependency_error(self, state: TideGateState, error: Exception) -> Any:
+        environ = request.environ
+        mine = environ.setdefault(_REQUEST_KEY, _RequestState())
+        rendered = state.policy.dependency_response(environ, error)
+        return self._reject(state, mine, rendered, "dependency")
 
     @staticmethod
-    def _unavailable(mine: _RequestState, rendered: Rendered, reason: str) -> TideGateUnavailable:
+    def _reject(
+        state: TideGateState, mine: _RequestState, rendered: Rendered, reason: str
+    ) -> Response:
+        """The 503 itself, or, when the app has its own 503 handler, what that handler makes
+        of a :class:`TideGateUnavailable` (Retry-After is restored in ``after_request``)."""
         retry_after = int(dict(rendered.headers)["Retry-After"])
         mine.retry_after = retry_after
-        return TideGateUnavailable(rendered, reason, retry_after)
+        if state.own_503_handler is None:
+            state.own_503_handler = _has_own_503_handler(current_app._get_current_object())  # type: ignore[attr-defined]
+        if not state.own_503_handler:
+            return _to_response(rendered)
+        handled = current_app.handle_http_exception(
+            TideGateUnavailable(rendered, reason, retry_after)
+        )
+        return current_app.make_response(handled)
+
+
+def _has_own_503_handler(app: Flask) -> bool:
+    """Whether ``app`` (or any of its blueprints) handles 503s itself: by code, or by a class
+    :class:`TideGateUnavailable` derives from. Read once: Flask forbids new handlers after
+    the first request."""
+    for by_code in app.error_handler_spec.values():
+        for code, handlers in by_code.items():
+            if code == 503:
+                return True
+            if code is None and any(issubclass(TideGateUnavailable, cls) for cls in handlers):
+                return True
+    return False
