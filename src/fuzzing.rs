@@ -154,8 +154,12 @@ pub fn accept(data: &[u8]) {
 mod tests {
     //! A deterministic mutation fuzzer: seeds, a dictionary of each grammar's tokens, and
     //! byte-level mutations, driven by a fixed-seed generator so every run checks the same
-    //! inputs. `TIDEGATE_FUZZ_CASES=N` sets the cases per parser (default 20000);
+    //! inputs. Seeds and dictionaries are the `cargo fuzz` ones under `fuzz/`.
+    //! `TIDEGATE_FUZZ_CASES=N` sets the cases per parser (default 20000);
     //! `TIDEGATE_FUZZ_SEED=S` picks another stream.
+
+    use std::fs;
+    use std::path::Path;
 
     use super::*;
 
@@ -272,151 +276,89 @@ mod tests {
         total + seeds.len()
     }
 
+    /// The seed inputs under `fuzz/seeds/<target>/`, in name order.
+    fn seeds(target: &str) -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+        let mut paths: Vec<_> = fs::read_dir(&dir)
+            .expect("seed folder")
+            .map(|entry| entry.expect("seed entry").path())
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| fs::read(p).expect("seed")).collect()
+    }
+
+    /// The tokens of `fuzz/dicts/<target>.dict` (libFuzzer's format: one quoted token a
+    /// line, with `\\`, `\"` and `\xHH` escapes; `#` starts a comment).
+    fn dictionary(target: &str) -> Vec<Vec<u8>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/dicts")
+            .join(format!("{target}.dict"));
+        let text = fs::read_to_string(path).expect("dictionary");
+        let mut tokens = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let quoted = &line[line.find('"').expect("a quoted token")..];
+            let inner = quoted[1..quoted.len() - 1].as_bytes();
+            let mut token = Vec::new();
+            let mut i = 0;
+            while i < inner.len() {
+                match (inner[i], inner.get(i + 1)) {
+                    (b'\\', Some(b'x')) => {
+                        let hex = std::str::from_utf8(&inner[i + 2..i + 4]).expect("hex");
+                        token.push(u8::from_str_radix(hex, 16).expect("hex byte"));
+                        i += 4;
+                    }
+                    (b'\\', Some(&escaped)) => {
+                        token.push(escaped);
+                        i += 2;
+                    }
+                    (byte, _) => {
+                        token.push(byte);
+                        i += 1;
+                    }
+                }
+            }
+            tokens.push(token);
+        }
+        tokens
+    }
+
+    fn fuzz(target: &str, check: fn(&[u8])) {
+        let seeds = seeds(target);
+        let dictionary = dictionary(target);
+        assert!(!seeds.is_empty() && !dictionary.is_empty());
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        let dictionary: Vec<&[u8]> = dictionary.iter().map(Vec::as_slice).collect();
+        assert!(run(target, check, &seeds, &dictionary) > seeds.len());
+    }
+
     #[test]
     fn retry_after_parse_holds_its_properties() {
-        let seeds: &[&[u8]] = &[
-            b"120",
-            b"0",
-            b"99999999999999999999999999",
-            b"Sun, 06 Nov 1994 08:49:37 GMT",
-            b"Sunday, 06-Nov-94 08:49:37 GMT",
-            b"Sun Nov  6 08:49:37 1994",
-            b"Fri, 31 Dec 9999 23:59:59 GMT",
-            b"Sat, 01 Jan 0000 00:00:00 GMT",
-            b"Thu, 31 Dec 1998 23:59:60 GMT",
-            b" \t Wed, 29 Feb 2012 12:00:00 GMT \t",
-            b"",
-        ];
-        let dictionary: &[&[u8]] = &[
-            b"Mon",
-            b"Tue",
-            b"Wed",
-            b"Thu",
-            b"Fri",
-            b"Sat",
-            b"Sun",
-            b"Monday",
-            b"Sunday",
-            b"Jan",
-            b"Feb",
-            b"Dec",
-            b"sun",
-            b"JAN",
-            b", ",
-            b" ",
-            b"  ",
-            b"-",
-            b":",
-            b" GMT",
-            b"GMT",
-            b"23:59:60",
-            b"00",
-            b"29",
-            b"31",
-            b"9999",
-            b"0000",
-            b"1970",
-            b"69",
-            b"70",
-            b"\xe2\x80\x83",
-            b"\xc3\xa9",
-        ];
-        assert!(run("retry_after", retry_after, seeds, dictionary) > 0);
+        fuzz("retry_after", retry_after);
     }
 
     #[test]
     fn state_file_parse_holds_its_properties() {
-        let seeds: &[&[u8]] = &[
-            br#"{"active": true}"#,
-            br#"{"version": 1, "active": true, "message": "Upgrading", "until": "2030-01-01T12:00:00Z", "retry_after": 600, "draining": false, "updated_at": "2030-01-01T11:00:00Z"}"#,
-            br#"{"active": false, "until": "9999-12-31T23:59:59+00:00", "retry_after": 99999999999999999999}"#,
-            br#"{"active": true, "message": "\u00e9\ud83d\ude00 \"quoted\"", "draining": true}"#,
-            b"",
-            b"[]",
-        ];
-        let dictionary: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"[",
-            b"]",
-            b"\"",
-            b":",
-            b",",
-            b"null",
-            b"true",
-            b"false",
-            b"1e999",
-            b"-1",
-            b"0.5",
-            b"\"active\"",
-            b"\"version\"",
-            b"\"until\"",
-            b"\"retry_after\"",
-            b"\"message\"",
-            b"\"draining\"",
-            b"\\u0000",
-            b"\\ud800",
-            b"\"0001-01-01T00:00:00Z\"",
-            b"\"9999-12-31T23:59:59-23:59\"",
-            b"18446744073709551616",
-        ];
-        assert!(run("state_file", state_file, seeds, dictionary) > 0);
+        fuzz("state_file", state_file);
     }
 
     #[test]
     fn parse_iso_holds_its_properties() {
-        let seeds: &[&[u8]] = &[
-            b"2030-01-01T12:00:00Z",
-            b"2030-01-01 12:00",
-            b"2030-01-01T12:00:00.123456+05:30",
-            b"0001-01-01T00:00:00-23:59",
-            b"9999-12-31T23:59:60+00:00",
-            b"2024-02-29t00:00z",
-        ];
-        let dictionary: &[&[u8]] = &[
-            b"-",
-            b":",
-            b"T",
-            b" ",
-            b"Z",
-            b"+",
-            b"+23:59",
-            b"-00:00",
-            b".",
-            b"60",
-            b"99",
-            b"0000",
-            b"\xd9\xa3",
-        ];
-        assert!(run("parse_iso", iso_date, seeds, dictionary) > 0);
+        fuzz("parse_iso", iso_date);
     }
 
     #[test]
     fn prefers_html_holds_its_properties() {
-        let seeds: &[&[u8]] = &[
-            b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-            b"application/json",
-            b"*/*",
-            b"text/*;q=0.5, application/*;q=0.499",
-            b"",
-        ];
-        let dictionary: &[&[u8]] = &[
-            b"text/html",
-            b"application/json",
-            b"*/*",
-            b"text/*",
-            b"application/*",
-            b";q=",
-            b";Q=1.000",
-            b";q=0.001",
-            b"0.",
-            b"1.0000",
-            b",",
-            b";",
-            b"/",
-            b"=",
-            b" ",
-        ];
-        assert!(run("prefers_html", accept, seeds, dictionary) > 0);
+        fuzz("prefers_html", accept);
+    }
+
+    #[test]
+    fn dictionaries_read_libfuzzer_escapes() {
+        let tokens = dictionary("retry_after");
+        assert!(tokens.contains(&b" GMT".to_vec()));
+        assert!(tokens.contains(&"\u{2003}".as_bytes().to_vec()));
+        assert!(dictionary("state_file").contains(&br#""active""#.to_vec()));
     }
 }
