@@ -278,7 +278,9 @@ mod tests {
 
     /// The seed inputs under `fuzz/seeds/<target>/`, in name order.
     fn seeds(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds")
+            .join(target);
         let mut paths: Vec<_> = fs::read_dir(&dir)
             .expect("seed folder")
             .map(|entry| entry.expect("seed entry").path())
@@ -300,7 +302,7 @@ mod tests {
                 continue;
             }
             let quoted = &line[line.find('"').expect("a quoted token")..];
-            let inner = quoted[1..quoted.len() - 1].as_bytes();
+            let inner = &quoted.as_bytes()[1..quoted.len() - 1];
             let mut token = Vec::new();
             let mut i = 0;
             while i < inner.len() {

@@ -124,7 +124,10 @@ impl MiddlewareCore {
             return Err(PyRuntimeError::new_err("the middleware was not configured"));
         };
         let environ_dict = environ.cast::<PyDict>().ok();
-        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))? {
+        // Only a str can name a route (and an unhashable value must not raise here).
+        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))?
+            .filter(|path| path.is_instance_of::<PyString>())
+        {
             if let Some(route) = config.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
                     return config.app.call1(py, (environ, start_response));
