@@ -15,7 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::accept::prefers_html;
+use crate::accept::str_prefers_html;
 use crate::gate::Gate;
 use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 
@@ -193,11 +193,7 @@ impl MiddlewareCore {
     ) -> PyResult<Py<PyAny>> {
         let variant = &config.variants[self.pick(config.variants.len())];
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
-            Some(accept) => accept
-                .cast::<PyString>()
-                .ok()
-                .and_then(|s| s.to_cow().ok().map(|text| prefers_html(&text)))
-                .unwrap_or(false),
+            Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
             None => false,
         };
         let (headers, body) = if html {

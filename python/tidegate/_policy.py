@@ -62,7 +62,9 @@ def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -
 
 
 def _path(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: must be a str, got {value!r}")
+    if not value.startswith("/"):
         raise ValueError(f"{name}: must be a path starting with '/', got {value!r}")
     return value
 
@@ -78,6 +80,9 @@ def _networks(value: object) -> tuple[_Network, ...]:
         raise TypeError(f"bypass_networks: must be an iterable of networks, got {value!r}")
     networks = []
     for item in value:
+        # ipaddress also takes ints and packed bytes as addresses; here they are mistakes.
+        if not isinstance(item, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            raise TypeError(f"bypass_networks: must hold networks as str, got {item!r}")
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except (TypeError, ValueError):

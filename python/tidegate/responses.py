@@ -157,6 +157,8 @@ class ErrorPages:
         estimated_return: datetime | None = None,
     ) -> Rendered:
         """The 503 for ``reason``, as JSON or (``html_page``) as the HTML page."""
+        if reason not in REASONS:
+            raise ValueError(f"reason: must be one of {REASONS}, got {reason!r}")
         text = message if message is not None else self.messages[reason]
         returning = iso_utc(estimated_return)
         if html_page:

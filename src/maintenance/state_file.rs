@@ -64,6 +64,11 @@ pub fn parse(bytes: &[u8]) -> Result<State, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("is empty".to_owned());
     }
+    // serde would also fill the struct from an array, field by field: `[null, true]` is not
+    // a state file, whatever it would decode to.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err("is not a valid state file: expected a JSON object".to_owned());
+    }
     let doc: OnDisk = serde_json::from_slice(bytes)
         .map_err(|err| format!("is not a valid state file: {}", describe(&err)))?;
     if let Some(version) = doc.version {
@@ -400,7 +405,9 @@ pub mod tests {
             (b"  \n", "is empty"),
             (b"{\"active\": tr", "not a valid state file"),
             (b"not json", "not a valid state file"),
-            (b"[true]", "not a valid state file"),
+            (b"[true]", "expected a JSON object"),
+            (b"[null, true]", "expected a JSON object"),
+            (b"\"active\"", "expected a JSON object"),
             (b"{}", "not a valid state file"),
             (b"{\"active\": \"yes\"}", "not a valid state file"),
             (
