@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -185,19 +186,35 @@ def _collect_warnings() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
+def _target(prog: str, option: str, text: str, *, writing: bool) -> Path:
+    """``text`` as an absolute path to a file that may be (re)placed: not a folder, in a folder
+    that exists (and that this user may write to, when ``writing``)."""
+    path = Path(text).expanduser().absolute()
+    if _is_folder(prog, option, path):
+        raise UsageError(prog, f"argument {option}: {path} is a folder; name a file in it")
+    folder = path.parent
+    if not _is_folder(prog, option, folder):
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(prog, f"argument {option}: {folder} {problem}")
+    if writing and not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(prog, f"argument {option}: the folder {folder} is not writable")
+    return path
+
+
+def _is_folder(prog: str, option: str, path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:  # a name too long, a loop of links...
+        raise UsageError(prog, f"argument {option}: {exc.strerror or exc}: {path}") from None
+
+
 def _state_path(args: argparse.Namespace, *, writing: bool) -> Path:
     text = args.state or os.environ.get(STATE_ENV, "")
     if not text:
         raise UsageError(args.prog, f"argument --state is required (or set {STATE_ENV})")
-    path = Path(text).expanduser().absolute()
-    if path.is_dir():
-        raise UsageError(args.prog, f"argument --state: {path} is a folder; name a file in it")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(args.prog, f"argument --state: the folder {folder} does not exist")
-    if writing and not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(args.prog, f"argument --state: the folder {folder} is not writable")
-    return path
+    return _target(args.prog, "--state", text, writing=writing)
 
 
 def _open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
@@ -340,7 +357,8 @@ def _page(args: argparse.Namespace) -> int:
     try:
         pages = ErrorPages(template=template, status_url=args.status_url)
     except (TypeError, ValueError) as exc:
-        raise UsageError(args.prog, f"argument --template: {exc}") from None
+        reason = str(exc).removeprefix("template: ")
+        raise UsageError(args.prog, f"argument --template: {reason}") from None
     rendered = pages.render(
         "maintenance",
         retry_after=DEFAULT_PAGE_RETRY_AFTER if retry_after is None else retry_after,
@@ -352,11 +370,7 @@ def _page(args: argparse.Namespace) -> int:
         sys.stdout.write(rendered.body.decode("utf-8"))
         sys.stdout.flush()
         return 0
-    target = Path(args.output).expanduser().absolute()
-    if target.is_dir():
-        raise UsageError(args.prog, f"argument --output: {target} is a folder; name a file in it")
-    if not target.parent.is_dir():
-        raise UsageError(args.prog, f"argument --output: the folder {target.parent} does not exist")
+    target = _target(args.prog, "--output", args.output, writing=True)
     try:
         _write_atomic(target, rendered.body)
     except OSError as exc:

@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import socketserver
+import sys
 import tempfile
 import threading
 import time
@@ -575,7 +576,11 @@ def run(*, json_output: bool = False) -> int:
             "a maintenance state file and a circuit breaker; real clients, real sockets.\n",
             flush=True,
         )
-    report = play()
+    try:
+        report = play()
+    except (OSError, RuntimeError) as exc:
+        print(f"tidegate demo: error: {exc}", file=sys.stderr)
+        return 1
     if json_output:
         print(json.dumps(report, indent=2))
     else:
