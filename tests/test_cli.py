@@ -69,7 +69,7 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "h", "1.5h", "1m1h", "1 h", "2x", "-1m", "1w"])
+@pytest.mark.parametrize("text", ["", "h", "1.5h", "1m1h", "1 h", "2x", "-1m", "1w", "\u00b2"])
 def test_bad_durations_say_what_is_expected(text: str) -> None:
     with pytest.raises(ValueError, match=r"not a duration.*use e\.g\. 90s, 15m, 2h, 1h30m or 1d"):
         parse_duration(text)
@@ -89,6 +89,8 @@ def test_until_is_utc_and_must_be_ahead() -> None:
         parse_until("2030-01-01T12:00:00Z", now)
     with pytest.raises(ValueError, match="not an ISO-8601 date and time"):
         parse_until("tomorrow", now)
+    with pytest.raises(ValueError, match="is out of range"):
+        parse_until("9999-12-31T23:59:59-05:00", now)
 
 
 # -- maintenance on / off / status ---------------------------------------------------------
@@ -496,6 +498,16 @@ def test_page_from_the_state_file(capsys: pytest.CaptureFixture[str], state: Pat
     assert "DB upgrade" in out and "2099-03-01 08:00:00 UTC" in out
     code, out, _ = run(capsys, "page", "--state", str(state), "--message", "Override")
     assert "Override" in out and "DB upgrade" not in out and "2099-03-01" in out
+
+
+def test_page_from_a_state_file_whose_end_has_passed(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    state.write_text('{"active": true, "until": "2001-01-01T00:00:00Z", "retry_after": 120}')
+    code, out, _ = run(capsys, "page", "--state", str(state))
+    assert code == 0
+    # As the app would say it: the estimate is shown, the retry hint never points back.
+    assert "2001-01-01 00:00:00 UTC" in out and "retry after 120 s" in out
 
 
 def test_page_with_a_template(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ STATE_ENV = "TIDEGATE_STATE_FILE"
 #: Retry-After of a static page when neither ``--until`` nor ``--retry-after`` says more.
 DEFAULT_PAGE_RETRY_AFTER = 60
 
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+_SECONDS = re.compile(r"\d+", re.ASCII)
 _DURATION_HINT = "use e.g. 90s, 15m, 2h, 1h30m or 1d"
 
 
@@ -65,7 +66,7 @@ def parse_duration(text: str) -> timedelta:
     """``90s``, ``15m``, ``2h``, ``1h30m``, ``1d`` (units in that order) or bare seconds."""
     cleaned = text.strip().lower()
     match = _DURATION.fullmatch(cleaned)
-    if cleaned.isdigit():
+    if _SECONDS.fullmatch(cleaned):
         seconds = int(cleaned)
     elif cleaned and match is not None:
         days, hours, minutes, secs = (int(part or 0) for part in match.groups())
@@ -91,7 +92,10 @@ def parse_until(text: str, now: datetime | None = None) -> datetime:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    moment = moment.astimezone(timezone.utc)
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
     if moment <= (now or _now()):
         raise ValueError(f"{text!r} is in the past")
     return moment
@@ -143,14 +147,18 @@ def _until_of(args: argparse.Namespace) -> datetime | None:
 
 
 def _human_duration(seconds: float) -> str:
-    """``7170`` -> ``1h 59m``: the two largest units that are not zero."""
+    """``7170`` -> ``1h 59m``: the largest unit, and the next one when it is not zero."""
     left = max(0, math.ceil(seconds))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    counts = []
+    for size in (86400, 3600, 60, 1):
         count, left = divmod(left, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return " ".join(parts[:2]) or "0s"
+        counts.append(count)
+    units = "dhms"
+    first = next((i for i, count in enumerate(counts) if count), 3)
+    parts = [f"{counts[first]}{units[first]}"]
+    if first < 3 and counts[first + 1]:
+        parts.append(f"{counts[first + 1]}{units[first + 1]}")
+    return " ".join(parts)
 
 
 def _human_time(moment: datetime) -> str:
@@ -333,21 +341,24 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _page(args: argparse.Namespace) -> int:
+    target = None
+    if args.output not in (None, "-"):
+        target = _target(args.prog, "--output", args.output, writing=True)
     message: str | None = args.message
     until = _until_of(args)
     retry_after: int | None = args.retry_after
+    if until is not None:
+        retry_after = max(1, math.ceil((until - _now()).total_seconds()))
     if args.state is not None:
         switch, warnings = _open_switch(args, writing=False)
         if warnings:
             raise CommandError(warnings[0])
         status = switch.status()
-        if status.active:
-            message = message if message is not None else status.message
-            until = until if until is not None else status.until
-            if retry_after is None:
+        if status.active:  # what is given here wins over what the file says
+            message = status.message if message is None else message
+            if until is None and retry_after is None:
                 retry_after = status.retry_after.delay()
-    if until is not None:
-        retry_after = max(1, math.ceil((until - _now()).total_seconds()))
+            until = status.until if until is None else until
     template = None
     if args.template is not None:
         try:
@@ -366,11 +377,10 @@ def _page(args: argparse.Namespace) -> int:
         message=message,
         estimated_return=until,
     )
-    if args.output in (None, "-"):
+    if target is None:
         sys.stdout.write(rendered.body.decode("utf-8"))
         sys.stdout.flush()
         return 0
-    target = _target(args.prog, "--output", args.output, writing=True)
     try:
         _write_atomic(target, rendered.body)
     except OSError as exc:
@@ -600,6 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep the interpreter's final
+        # flush of stdout from failing again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _prog_of(args: argparse.Namespace) -> str:
