@@ -21,6 +21,7 @@ import re
 import stat
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -413,14 +414,41 @@ def _demo(args: argparse.Namespace) -> int:
 
 # -- the parser ----------------------------------------------------------------------------
 
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps prose to the terminal; keeps indented lines (examples) and headings as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        prose: list[str] = []
+
+        def flush() -> None:
+            if prose:
+                out.extend(
+                    textwrap.wrap(
+                        " ".join(prose), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+                prose.clear()
+
+        for line in text.splitlines():
+            if not line.strip() or line.startswith(" ") or line.endswith(":"):
+                flush()
+                out.append(indent + line if line.strip() else "")
+            else:
+                prose.append(line.strip())
+        flush()
+        return "\n".join(out)
+
+
 _MAIN_EPILOG = """\
 examples:
   tidegate maintenance on --state /run/app/tidegate.json --message "Upgrading" --for 30m
   tidegate maintenance status --state /run/app/tidegate.json
   tidegate maintenance off --state /run/app/tidegate.json
-  tidegate drain --state /run/app/tidegate.json          # before stopping a node
+  tidegate drain --state /run/app/tidegate.json     # before stopping a node
   tidegate page --message "Back soon" --output /var/www/maintenance.html
-  tidegate demo                                            # see every 503 in a few seconds
+  tidegate demo                                     # every kind of 503 in a few seconds
 
 The app reads the same file: MaintenanceSwitch("/run/app/tidegate.json"), or
 TideGateMiddleware(app, maintenance="/run/app/tidegate.json"). --state may also come from
@@ -439,7 +467,7 @@ UTC. While --until is ahead, Retry-After counts down to it; --retry-after is use
 
 _DRAIN_EPILOG = """\
 examples:
-  tidegate drain --state /run/app/tidegate.json        # readiness fails, requests still served
+  tidegate drain --state /run/app/tidegate.json        # readiness fails, requests served
   tidegate drain --state /run/app/tidegate.json --off  # back in rotation
 
 Draining makes /health answer 503 "draining" in every worker so the load balancer stops
@@ -471,7 +499,7 @@ def _build_parser() -> _Parser:
         description="Answer 503 Service Unavailable the right way: switch maintenance and "
         "drain for every worker, write the static maintenance page, or watch the demo.",
         epilog=_MAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -480,7 +508,7 @@ def _build_parser() -> _Parser:
         help="turn maintenance mode on or off, or show it",
         description="Turn maintenance mode on or off for every worker, or show it.",
         epilog=_MAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     actions = maintenance.add_subparsers(dest="action", metavar="ACTION")
 
@@ -490,9 +518,9 @@ def _build_parser() -> _Parser:
         description="Put every worker into maintenance: requests get the maintenance 503 "
         "(JSON, or the HTML page for browsers) with Retry-After; /health stays 200.",
         epilog=_ON_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
-    _state_option(on, required_help="required")
+    _state_option(on, required_help=f"required unless {STATE_ENV} is set")
     on.add_argument("--message", metavar="TEXT", help="what users are told")
     ends = on.add_mutually_exclusive_group()
     ends.add_argument(
@@ -517,9 +545,9 @@ def _build_parser() -> _Parser:
         "off",
         help="serve requests again",
         description="Take every worker out of maintenance.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
-    _state_option(off, required_help="required")
+    _state_option(off, required_help=f"required unless {STATE_ENV} is set")
     off.set_defaults(handler=_maintenance_off)
 
     status = actions.add_parser(
@@ -527,9 +555,9 @@ def _build_parser() -> _Parser:
         help="show maintenance and drain",
         description="Show what the state file says: maintenance, its message, end and "
         "Retry-After, and drain. Exit code 1 if the file cannot be read.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
-    _state_option(status, required_help="required")
+    _state_option(status, required_help=f"required unless {STATE_ENV} is set")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_maintenance_status)
 
@@ -539,9 +567,9 @@ def _build_parser() -> _Parser:
         description="Drain every worker: readiness (/health) answers 503 draining so the load "
         "balancer stops routing here, while requests in flight and still arriving are served.",
         epilog=_DRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
-    _state_option(drain, required_help="required")
+    _state_option(drain, required_help=f"required unless {STATE_ENV} is set")
     drain.add_argument("--off", action="store_true", help="stop draining")
     drain.set_defaults(handler=_drain)
 
@@ -550,7 +578,7 @@ def _build_parser() -> _Parser:
         help="write the static maintenance page for a reverse proxy",
         description="Write the maintenance page (HTML) to stdout or --output, atomically.",
         epilog=_PAGE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     page.add_argument("--message", metavar="TEXT", help="what users are told")
     page_ends = page.add_mutually_exclusive_group()
@@ -575,7 +603,7 @@ def _build_parser() -> _Parser:
         help="serve a small app and show every kind of 503 clients see",
         description="Serve a small app on 127.0.0.1, send real HTTP clients at it (normal "
         "load, overload, maintenance, a dependency down, drain) and print what they saw.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     demo.add_argument("--json", action="store_true", help="machine-readable output")
     demo.set_defaults(handler=_demo)

@@ -344,7 +344,7 @@ def maintenance(stage: Stage) -> Scene:
         3,
         "maintenance",
         [on, off],
-        f"the server followed the state file in {reached * 1000:.0f} ms (polls every "
+        f"the app saw the state file change after {reached * 1000:.0f} ms (it looks every "
         f"{stage.switch.poll_interval * 1000:.0f} ms); Retry-After counts down to "
         f"{until:%H:%M} UTC; /health stays 200.",
     )
