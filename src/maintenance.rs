@@ -10,7 +10,9 @@
 //!   (any case, surrounding blanks ignored): source `env`.
 //!
 //! Draining is on when this process drains itself (`drain(local=True)`, or any drain without a
-//! state file) or the state file says so.
+//! state file), when the state file says so, or when the whole process drains
+//! ([`drain_process`], which a server hook calls on SIGTERM): that last flag is one static
+//! every switch of the process reads, so it reaches switches the hook never saw.
 //!
 //! # Cost per request
 //!
@@ -53,13 +55,16 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-pub use py::{MaintenanceStatusPy, MaintenanceSwitchPy};
+pub use py::{
+    drain_process_py, process_draining_py, undrain_process_py, MaintenanceStatusPy,
+    MaintenanceSwitchPy,
+};
 pub use state_file::{State, MAX_DELAY};
 
 use state_file::{Look, Signature};
@@ -133,6 +138,25 @@ impl Clock for SystemClock {
     }
 }
 
+/// The process-wide drain flag behind [`drain_process`].
+static PROCESS_DRAIN: AtomicBool = AtomicBool::new(false);
+
+/// Makes every switch of this process report draining (readiness 503) until
+/// [`undrain_process`]. Requests are still served: only readiness changes.
+pub fn drain_process() {
+    PROCESS_DRAIN.store(true, Ordering::Release);
+}
+
+/// Ends a [`drain_process`] drain. A drain through a switch or its state file stands.
+pub fn undrain_process() {
+    PROCESS_DRAIN.store(false, Ordering::Release);
+}
+
+/// Whether this process drains as a whole.
+pub fn process_draining() -> bool {
+    PROCESS_DRAIN.load(Ordering::Acquire)
+}
+
 type EnvLookup = dyn Fn(&str) -> Option<OsString> + Send + Sync;
 type Warn = dyn Fn(&str) + Send + Sync;
 
@@ -142,6 +166,8 @@ pub struct Hooks {
     pub clock: Arc<dyn Clock>,
     pub env: Arc<EnvLookup>,
     pub warn: Arc<Warn>,
+    /// The process-wide drain flag; tests give each switch its own.
+    pub process_drain: &'static AtomicBool,
 }
 
 impl Hooks {
@@ -151,6 +177,7 @@ impl Hooks {
             clock: Arc::new(SystemClock::new()),
             env: Arc::new(|name: &str| std::env::var_os(name)),
             warn: Arc::new(py::log_warning),
+            process_drain: &PROCESS_DRAIN,
         }
     }
 }
@@ -293,6 +320,7 @@ impl Maintenance {
     pub fn draining(&self) -> bool {
         self.refresh();
         self.flags.load(Ordering::Acquire) & ANY_DRAINING != 0
+            || self.hooks.process_drain.load(Ordering::Acquire)
     }
 
     pub fn status(&self) -> Status {
@@ -321,7 +349,9 @@ impl Maintenance {
                 self.config.default_retry_after,
             ),
             source,
-            draining: sides.local.draining || sides.file.draining,
+            draining: sides.local.draining
+                || sides.file.draining
+                || self.hooks.process_drain.load(Ordering::Acquire),
         }
     }
 
@@ -511,6 +541,7 @@ mod tests {
         clock: Arc<ManualClock>,
         env: Arc<Mutex<HashMap<String, OsString>>>,
         warnings: Arc<Mutex<Vec<String>>>,
+        process_drain: &'static AtomicBool,
     }
 
     impl Rig {
@@ -521,6 +552,7 @@ mod tests {
                 clock,
                 env: Arc::default(),
                 warnings: Arc::default(),
+                process_drain: Box::leak(Box::new(AtomicBool::new(false))),
             }
         }
 
@@ -531,6 +563,7 @@ mod tests {
                 clock: self.clock.clone(),
                 env: Arc::new(move |name: &str| env.lock().get(name).cloned()),
                 warn: Arc::new(move |msg: &str| warnings.lock().push(msg.to_owned())),
+                process_drain: self.process_drain,
             }
         }
 
@@ -695,6 +728,50 @@ mod tests {
         assert!(switch.status().draining);
         switch.undrain(true).expect("local");
         assert!(!switch.draining());
+    }
+
+    #[test]
+    fn a_process_drain_reaches_every_switch_and_only_draining() {
+        let rig = Rig::new();
+        let dir = TempDir::new("process");
+        let path = dir.0.join("state.json");
+        let plain = rig.switch(None, SECOND);
+        let shared = rig.switch(Some(path.clone()), SECOND);
+        rig.process_drain.store(true, Ordering::SeqCst);
+        for switch in [&plain, &shared] {
+            assert!(switch.draining());
+            let status = switch.status();
+            assert!(status.draining);
+            assert!(!status.active, "a drain is not maintenance");
+            assert!(!switch.active());
+        }
+        assert!(
+            !path.exists(),
+            "a process drain never writes the shared file"
+        );
+        plain.undrain(true).expect("local");
+        shared.undrain(false).expect("write");
+        assert!(
+            plain.draining() && shared.draining(),
+            "only the process flag ends it"
+        );
+        rig.process_drain.store(false, Ordering::SeqCst);
+        assert!(!plain.draining() && !shared.draining());
+        assert!(!plain.status().draining);
+        let other = Rig::new().switch(None, SECOND);
+        rig.process_drain.store(true, Ordering::SeqCst);
+        assert!(!other.draining(), "another flag, another process");
+    }
+
+    #[test]
+    fn the_process_flag_round_trips() {
+        // The only test that touches the real static.
+        drain_process();
+        assert!(process_draining());
+        drain_process();
+        assert!(process_draining(), "draining twice is still draining");
+        undrain_process();
+        assert!(!process_draining());
     }
 
     #[test]

@@ -34,7 +34,10 @@ __all__ = [
     "Permit",
     "RetryAfter",
     "__version__",
+    "drain_process",
     "prefers_html",
+    "process_draining",
+    "undrain_process",
 ]
 
 @final
@@ -157,6 +160,18 @@ class RetryAfter:
 
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
+
+def drain_process() -> None:
+    """Make this whole process report draining: readiness (``HealthChecks``) answers 503 with
+    reason ``"draining"`` and every ``MaintenanceSwitch`` says ``draining``, while requests
+    are still served. In-process only (no state file is written); idempotent. The Gunicorn
+    hooks in :mod:`tidegate.gunicorn` call it when a worker gets SIGTERM."""
+
+def undrain_process() -> None:
+    """End :func:`drain_process`. Drains set through a switch or its state file stand."""
+
+def process_draining() -> bool:
+    """Whether :func:`drain_process` is in effect. An atomic load; never raises."""
 
 def prefers_html(accept: str) -> bool:
     """Whether an ``Accept`` header value ranks ``text/html`` above ``application/json``.
@@ -413,7 +428,8 @@ class MaintenanceSwitch:
 
     @property
     def draining(self) -> bool:
-        """Whether this process drains: its own drain or the state file's. Never raises."""
+        """Whether this process drains: its own drain, the state file's, or
+        :func:`drain_process`. Never raises."""
 
     def status(self) -> MaintenanceStatus:
         """A consistent snapshot of the switch. Never raises."""

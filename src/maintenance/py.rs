@@ -258,6 +258,24 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
     ))
 }
 
+/// `tidegate.drain_process()`: readiness says draining in this process from now on.
+#[pyfunction(name = "drain_process")]
+pub fn drain_process_py() {
+    super::drain_process();
+}
+
+/// `tidegate.undrain_process()`: ends `drain_process()`.
+#[pyfunction(name = "undrain_process")]
+pub fn undrain_process_py() {
+    super::undrain_process();
+}
+
+/// `tidegate.process_draining()`: whether `drain_process()` is in effect.
+#[pyfunction(name = "process_draining")]
+pub fn process_draining_py() -> bool {
+    super::process_draining()
+}
+
 /// Maintenance mode and drain, shared by every request (and, through a state file, by every
 /// worker process).
 #[pyclass(name = "MaintenanceSwitch", module = "tidegate._tidegate", frozen)]
