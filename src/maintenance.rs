@@ -355,9 +355,10 @@ impl Maintenance {
         }
     }
 
-    /// Turns maintenance on: in the state file when there is one, else in this process.
-    pub fn enable(&self, notice: Notice) -> io::Result<()> {
-        self.change(false, move |state| {
+    /// Turns maintenance on: in the state file when there is one and `local` is not set, else
+    /// in this process only.
+    pub fn enable(&self, notice: Notice, local: bool) -> io::Result<()> {
+        self.change(local, move |state| {
             state.active = true;
             state.message = notice.message;
             state.until = notice.until;
@@ -365,14 +366,31 @@ impl Maintenance {
         })
     }
 
-    /// Turns maintenance off and forgets its message, end estimate and Retry-After.
-    pub fn disable(&self) -> io::Result<()> {
-        self.change(false, |state| {
+    /// Turns maintenance off and forgets its message, end estimate and Retry-After, on the side
+    /// `enable` with the same `local` would have used.
+    pub fn disable(&self, local: bool) -> io::Result<()> {
+        self.change(local, |state| {
             state.active = false;
             state.message = None;
             state.until = None;
             state.retry_after = None;
         })
+    }
+
+    /// This process's own maintenance (its `draining` included), to put back later.
+    pub fn local_state(&self) -> State {
+        self.sides.lock().local.clone()
+    }
+
+    /// Puts back the maintenance fields of a [`Maintenance::local_state`]; this process's
+    /// own `draining` stays as it is now.
+    pub fn restore_local(&self, saved: State) {
+        self.update_sides(|sides| {
+            sides.local = State {
+                draining: sides.local.draining,
+                ..saved
+            }
+        });
     }
 
     /// Starts draining: through the state file (every process), or only this process when
@@ -618,11 +636,14 @@ mod tests {
         assert!(!switch.active());
         assert_eq!(switch.status().source, None);
         switch
-            .enable(Notice {
-                message: Some("upgrading".into()),
-                until: Some(1_000_300),
-                retry_after: Some(10),
-            })
+            .enable(
+                Notice {
+                    message: Some("upgrading".into()),
+                    until: Some(1_000_300),
+                    retry_after: Some(10),
+                },
+                false,
+            )
             .expect("no file to write");
         assert!(switch.active());
         let status = switch.status();
@@ -631,7 +652,7 @@ mod tests {
         assert_eq!(status.retry_after_secs, 300);
         rig.clock.unix.store(1_000_400, Ordering::SeqCst);
         assert_eq!(switch.status().retry_after_secs, 10);
-        switch.disable().expect("no file");
+        switch.disable(false).expect("no file");
         assert!(!switch.active());
         assert_eq!(
             switch.status(),
@@ -689,10 +710,13 @@ mod tests {
         let writer = rig.switch(Some(path.clone()), SECOND);
         let reader = rig.switch(Some(path.clone()), SECOND);
         writer
-            .enable(Notice {
-                message: Some("back soon".into()),
-                ..Notice::default()
-            })
+            .enable(
+                Notice {
+                    message: Some("back soon".into()),
+                    ..Notice::default()
+                },
+                false,
+            )
             .expect("write");
         assert!(writer.active(), "the writer sees its own write at once");
         assert!(!reader.active(), "the reader waits for its poll");
@@ -703,7 +727,7 @@ mod tests {
             (true, Some(Source::File), Some("back soon"))
         );
         writer.drain(false).expect("write");
-        writer.disable().expect("write");
+        writer.disable(false).expect("write");
         rig.clock.advance(SECOND);
         assert!(!reader.active());
         assert!(reader.draining(), "disable kept the drain");
@@ -722,12 +746,65 @@ mod tests {
         switch.drain(true).expect("local");
         assert!(switch.draining());
         assert!(!path.exists());
-        switch.enable(Notice::default()).expect("write");
+        switch.enable(Notice::default(), false).expect("write");
         let state = state_file::parse(&fs::read(&path).expect("read")).expect("valid");
         assert!(!state.draining);
         assert!(switch.status().draining);
         switch.undrain(true).expect("local");
         assert!(!switch.draining());
+    }
+
+    #[test]
+    fn local_maintenance_leaves_the_file_alone_and_restores_exactly() {
+        let rig = Rig::new();
+        let dir = TempDir::new("local-maintenance");
+        let path = dir.0.join("state.json");
+        let switch = rig.switch(Some(path.clone()), SECOND);
+        let other = rig.switch(Some(path.clone()), SECOND);
+        let before = switch.local_state();
+        switch
+            .enable(
+                Notice {
+                    message: Some("in a test".into()),
+                    until: Some(1_000_300),
+                    retry_after: Some(7),
+                },
+                true,
+            )
+            .expect("local");
+        assert!(!path.exists(), "local maintenance never writes the file");
+        let status = switch.status();
+        assert_eq!(
+            (status.active, status.source, status.message.as_deref()),
+            (true, Some(Source::Local), Some("in a test"))
+        );
+        rig.clock.advance(SECOND);
+        assert!(!other.active(), "another process sees nothing");
+
+        let saved = switch.local_state();
+        switch.enable(Notice::default(), true).expect("local");
+        switch.drain(true).expect("local");
+        switch.restore_local(saved.clone());
+        assert_eq!(
+            switch.local_state(),
+            State {
+                draining: true,
+                ..saved
+            },
+            "the maintenance fields come back, the drain stays"
+        );
+        rig.clock.unix.store(1_000_400, Ordering::SeqCst);
+        assert_eq!(
+            switch.status().retry_after_secs,
+            7,
+            "the explicit value came back too"
+        );
+
+        switch.restore_local(before);
+        assert!(!switch.active());
+        assert!(switch.draining());
+        switch.disable(true).expect("local");
+        assert!(!path.exists());
     }
 
     #[test]
@@ -780,7 +857,7 @@ mod tests {
         let dir = TempDir::new("bad");
         let path = dir.0.join("state.json");
         let writer = rig.switch(Some(path.clone()), SECOND);
-        writer.enable(Notice::default()).expect("write");
+        writer.enable(Notice::default(), false).expect("write");
         let reader = rig.switch(Some(path.clone()), SECOND);
         assert!(reader.active());
         for garbage in ["", "{\"active\": tr", "[1, 2]", "{\"active\": 1}"] {
@@ -815,7 +892,7 @@ mod tests {
         let switch = rig.switch(Some(path.clone()), SECOND);
         switch.drain(false).expect("write");
         fs::write(&path, "garbage").expect("write");
-        switch.enable(Notice::default()).expect("write");
+        switch.enable(Notice::default(), false).expect("write");
         let state = state_file::parse(&fs::read(&path).expect("read")).expect("valid");
         assert!(state.active && state.draining);
     }
@@ -849,13 +926,16 @@ mod tests {
         for i in 0..200 {
             if i % 2 == 0 {
                 writer
-                    .enable(Notice {
-                        message: Some("m".into()),
-                        ..Notice::default()
-                    })
+                    .enable(
+                        Notice {
+                            message: Some("m".into()),
+                            ..Notice::default()
+                        },
+                        false,
+                    )
                     .expect("write");
             } else {
-                writer.disable().expect("write");
+                writer.disable(false).expect("write");
             }
         }
         stop.store(true, Ordering::Relaxed);
