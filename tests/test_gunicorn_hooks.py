@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pytest
 from gunicorn.app.base import Application
 from gunicorn.config import Config
-from servers import GunicornServer, wait_for
+from servers import GunicornServer, ServerError, wait_for
 
 import tidegate.gunicorn as hooks
 from tidegate import process_draining, undrain_process
@@ -368,3 +368,18 @@ def test_a_sync_worker_drains_alone_and_its_replacement_is_ready() -> None:
         [replacement] = wait_for(server.worker_pids, lambda pids: len(pids) == 1, what="respawn")
         assert replacement != worker
         assert server.fetch("/health").status == 200
+
+
+@pytest.mark.server
+def test_gunicorn_refuses_to_start_with_a_bad_drain_period() -> None:
+    server = GunicornServer(
+        "gunicorn_apps:ready_application",
+        config="python:tidegate.gunicorn",
+        env={hooks.DRAIN_SECONDS_ENV: "soon"},
+    )
+    with pytest.raises(ServerError) as failure:
+        server.start()
+    assert "Error: TIDEGATE_DRAIN_SECONDS: must be a number of seconds >= 0, got 'soon'" in str(
+        failure.value
+    )
+    assert server.returncode == 1
