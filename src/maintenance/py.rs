@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString};
 
-use super::{Config, Maintenance, Notice, Status, MAX_DELAY};
+use super::{Config, Maintenance, Notice, State, Status, MAX_DELAY};
 use crate::clock::{datetime_to_unix, unix_to_datetime, MAX_UNIX, MIN_UNIX};
 use crate::errors::{io_error, ArgError};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
@@ -258,6 +258,24 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
     ))
 }
 
+/// `tidegate.drain_process()`: readiness says draining in this process from now on.
+#[pyfunction(name = "drain_process")]
+pub fn drain_process_py() {
+    super::drain_process();
+}
+
+/// `tidegate.undrain_process()`: ends `drain_process()`.
+#[pyfunction(name = "undrain_process")]
+pub fn undrain_process_py() {
+    super::undrain_process();
+}
+
+/// `tidegate.process_draining()`: whether `drain_process()` is in effect.
+#[pyfunction(name = "process_draining")]
+pub fn process_draining_py() -> bool {
+    super::process_draining()
+}
+
 /// Maintenance mode and drain, shared by every request (and, through a state file, by every
 /// worker process).
 #[pyclass(name = "MaintenanceSwitch", module = "tidegate._tidegate", frozen)]
@@ -313,24 +331,39 @@ impl MaintenanceSwitchPy {
         })
     }
 
-    #[pyo3(signature = (*, message=None, until=None, retry_after=None))]
+    #[pyo3(signature = (*, message=None, until=None, retry_after=None, local=false))]
     fn enable(
         &self,
         py: Python<'_>,
         message: Option<&Bound<'_, PyAny>>,
         until: Option<&Bound<'_, PyAny>>,
         retry_after: Option<&Bound<'_, PyAny>>,
+        local: bool,
     ) -> PyResult<()> {
         let notice = Notice {
             message: extract_message(message)?,
             until: extract_until(until)?,
             retry_after: extract_retry_after(retry_after)?,
         };
-        self.run(py, "write", move |core| core.enable(notice))
+        self.run(py, "write", move |core| core.enable(notice, local))
     }
 
-    fn disable(&self, py: Python<'_>) -> PyResult<()> {
-        self.run(py, "write", Maintenance::disable)
+    #[pyo3(signature = (*, local=false))]
+    fn disable(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+        self.run(py, "write", move |core| core.disable(local))
+    }
+
+    /// This process's own maintenance, for `_restore_local` (the pytest plugin).
+    fn _local_state(&self) -> LocalStatePy {
+        LocalStatePy {
+            state: self.core.local_state(),
+        }
+    }
+
+    /// Puts back what `_local_state` returned; this process's own drain is left as it is.
+    #[pyo3(signature = (saved, /))]
+    fn _restore_local(&self, saved: &LocalStatePy) {
+        self.core.restore_local(saved.state.clone());
     }
 
     #[pyo3(signature = (*, local=false))]
@@ -400,6 +433,12 @@ impl MaintenanceSwitchPy {
             if self.core.draining() { "True" } else { "False" },
         )
     }
+}
+
+/// What `MaintenanceSwitch._local_state()` saved: opaque, only for `_restore_local`.
+#[pyclass(name = "_LocalState", module = "tidegate._tidegate", frozen)]
+pub struct LocalStatePy {
+    state: State,
 }
 
 /// A snapshot of a `MaintenanceSwitch`.
