@@ -2,7 +2,7 @@
 
 Run from a release build (``pip install .``, not an editable debug build)::
 
-    python benchmarks/gunicorn_cost.py            # full run, about a minute and a half
+    python benchmarks/gunicorn_cost.py            # full run, a little over a minute
     python benchmarks/gunicorn_cost.py --quick    # a smoke run, a few seconds
 
 Four Gunicorn servers (one ``gthread`` worker each) serve a tiny WSGI app four ways, and a
