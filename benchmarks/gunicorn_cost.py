@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     duration=duration,
                 )
                 if load.count(EXPECTED[name]) != load.count():
-                    raise RuntimeError(f"{name}: expected only {EXPECTED[name]}s, got {load}")
+                    counts = {status: load.count(status) for status in load.latencies}
+                    raise RuntimeError(f"{name}: expected only {EXPECTED[name]}s, got {counts}")
                 loads[name].append(load)
 
     def median(name: str, figure: str) -> float | None:
