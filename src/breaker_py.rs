@@ -162,7 +162,15 @@ fn name(value: &Bound<'_, PyAny>) -> PyResult<String> {
             ArgError::type_("name", format!("must be a str, got {}", type_name(value))).into(),
         );
     };
-    let text: String = text.extract()?;
+    let text: String = text.extract().map_err(|_| {
+        ArgError::value(
+            "name",
+            format!(
+                "must be valid text (no lone surrogates), got {}",
+                describe(value)
+            ),
+        )
+    })?;
     if text.is_empty() {
         return Err(ArgError::value("name", "must not be empty").into());
     }

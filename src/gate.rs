@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
-use pyo3::types::PyBool;
+use pyo3::types::{PyBool, PyString};
 
 use crate::errors::{type_name, ArgError};
 
@@ -199,6 +199,32 @@ pub fn extract_limit(value: &Bound<'_, PyAny>) -> Result<usize, ArgError> {
     usize::try_from(as_int).map_err(|_| ArgError::value("limit", format!("is too large: {as_int}")))
 }
 
+/// A `timeout` argument as a number of seconds (`None` stays `None`); a bool or str is not one.
+fn timeout_seconds(value: Option<&Bound<'_, PyAny>>) -> Result<Option<f64>, ArgError> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let number = if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
+        None
+    } else {
+        value.extract::<f64>().ok()
+    };
+    match number {
+        Some(seconds) => Ok(Some(seconds)),
+        None => {
+            let kind = value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "object".to_owned());
+            Err(ArgError::type_(
+                "timeout",
+                format!("must be a number of seconds or None, got {kind}"),
+            ))
+        }
+    }
+}
+
 /// Reads an optional timeout in seconds: `None` waits forever; otherwise finite and >= 0.
 fn extract_timeout(timeout: Option<f64>) -> Result<Option<Duration>, ArgError> {
     match timeout {
@@ -269,8 +295,12 @@ impl GatePy {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn acquire(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PermitPy>> {
-        let timeout = extract_timeout(timeout)?;
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PermitPy>> {
+        let timeout = extract_timeout(timeout_seconds(timeout)?)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let gate = &self.gate;

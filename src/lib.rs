@@ -5,6 +5,8 @@ pub mod breaker;
 pub mod breaker_py;
 pub mod clock;
 pub mod errors;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gate;
 pub mod maintenance;
 pub mod retry_after;

@@ -15,7 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::accept::prefers_html;
+use crate::accept::str_prefers_html;
 use crate::gate::Gate;
 use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 
@@ -124,7 +124,10 @@ impl MiddlewareCore {
             return Err(PyRuntimeError::new_err("the middleware was not configured"));
         };
         let environ_dict = environ.cast::<PyDict>().ok();
-        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))? {
+        // Only a str can name a route (and an unhashable value must not raise here).
+        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))?
+            .filter(|path| path.is_instance_of::<PyString>())
+        {
             if let Some(route) = config.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
                     return config.app.call1(py, (environ, start_response));
@@ -190,11 +193,7 @@ impl MiddlewareCore {
     ) -> PyResult<Py<PyAny>> {
         let variant = &config.variants[self.pick(config.variants.len())];
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
-            Some(accept) => accept
-                .cast::<PyString>()
-                .ok()
-                .and_then(|s| s.to_cow().ok().map(|text| prefers_html(&text)))
-                .unwrap_or(false),
+            Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
             None => false,
         };
         let (headers, body) = if html {

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from servers import GunicornServer
+
+# `--hypothesis-profile=long` for a long property run; CI uses Hypothesis's default.
+settings.register_profile("long", max_examples=20_000)
 
 
 class Boom(Exception):

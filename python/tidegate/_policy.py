@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import string
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
@@ -61,7 +62,9 @@ def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -
 
 
 def _path(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: must be a str, got {value!r}")
+    if not value.startswith("/"):
         raise ValueError(f"{name}: must be a path starting with '/', got {value!r}")
     return value
 
@@ -77,11 +80,40 @@ def _networks(value: object) -> tuple[_Network, ...]:
         raise TypeError(f"bypass_networks: must be an iterable of networks, got {value!r}")
     networks = []
     for item in value:
+        # ipaddress also takes ints and packed bytes as addresses; here they are mistakes.
+        if not isinstance(item, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            raise TypeError(f"bypass_networks: must hold networks as str, got {item!r}")
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except (TypeError, ValueError):
             raise ValueError(f"bypass_networks: not an IP network: {item!r}") from None
     return tuple(networks)
+
+
+#: The characters of an RFC 9110 token, which a field name is.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"bypass_header: must be a str, got {value!r}")
+    name = value.strip()
+    if not name or not set(name) <= _TOKEN_CHARS:
+        raise ValueError(f"bypass_header: must be a header name, got {value!r}")
+    return name
+
+
+def _secret(value: object) -> bytes:
+    # Never repeats the value: even a rejected token may be a real secret.
+    if not isinstance(value, str):
+        raise TypeError(f"bypass_token: must be a str, got {type(value).__name__}")
+    if len(value) < 16:
+        raise ValueError("bypass_token: must be a str of at least 16 characters")
+    # A server hands header values over as bytes decoded as latin-1 (PEP 3333), so only
+    # visible ASCII means the same thing on both sides.
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError("bypass_token: must be visible ASCII characters only (no spaces)")
+    return value.encode("ascii")
 
 
 def _maintenance(value: object) -> MaintenanceSwitch | None:
@@ -156,12 +188,8 @@ class Policy:
         self._bypass_key: str | None = None
         self._bypass_token: bytes | None = None
         if bypass_header is not None:
-            if not isinstance(bypass_header, str) or not bypass_header.strip():
-                raise ValueError(f"bypass_header: must be a header name, got {bypass_header!r}")
-            if not isinstance(bypass_token, str) or len(bypass_token) < 16:
-                raise ValueError("bypass_token: must be a str of at least 16 characters")
-            self._bypass_key = "HTTP_" + bypass_header.strip().upper().replace("-", "_")
-            self._bypass_token = bypass_token.encode("utf-8")
+            self._bypass_key = "HTTP_" + _header_name(bypass_header).upper().replace("-", "_")
+            self._bypass_token = _secret(bypass_token)
         # Rendered once: shedding must cost less than serving.
         self._overload = [
             (
@@ -247,8 +275,9 @@ class Policy:
         """Whether this request may pass through maintenance."""
         if self._bypass_key is not None and self._bypass_token is not None:
             offered = environ.get(self._bypass_key)
+            # surrogatepass: any str encodes, so no header value can raise here.
             if isinstance(offered, str) and hmac.compare_digest(
-                offered.encode("utf-8", "surrogateescape"), self._bypass_token
+                offered.encode("utf-8", "surrogatepass"), self._bypass_token
             ):
                 return True
         if self.bypass_networks:
@@ -271,6 +300,10 @@ class Policy:
         if not isinstance(candidate, str):
             return None
         try:
-            return ipaddress.ip_address(candidate.split("%", 1)[0])
+            address = ipaddress.ip_address(candidate.split("%", 1)[0])
         except ValueError:
             return None
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; IPv4 networks must match.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return address

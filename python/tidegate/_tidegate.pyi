@@ -176,7 +176,8 @@ def process_draining() -> bool:
 def prefers_html(accept: str) -> bool:
     """Whether an ``Accept`` header value ranks ``text/html`` above ``application/json``.
 
-    Ties, an empty value and ``*/*`` go to JSON.
+    Ties, an empty value and ``*/*`` go to JSON. Never raises for a ``str``: one that is not
+    valid UTF-8 (a lone surrogate) is read with replacement characters.
     """
 
 @disjoint_base

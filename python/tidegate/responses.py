@@ -105,7 +105,8 @@ class ErrorPages:
     ``messages`` overrides the default message per reason; ``template`` replaces the HTML page
     (a :class:`string.Template` with ``$title``, ``$message``, ``$reason``, ``$retry_after``,
     ``$estimated_return``, ``$estimated_return_html``, ``$status_url`` and
-    ``$status_link_html``); ``status_url`` adds a link to a status page.
+    ``$status_link_html``); ``status_url`` (an http(s) URL or a path starting with ``/``) adds
+    a link to a status page.
     """
 
     def __init__(
@@ -133,8 +134,15 @@ class ErrorPages:
                 string.Template(template).substitute(dict.fromkeys(_PLACEHOLDERS, ""))
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"template: bad placeholder ({exc})") from None
-        if status_url is not None and not isinstance(status_url, str):
-            raise TypeError(f"status_url: must be a str, got {status_url!r}")
+        if status_url is not None:
+            if not isinstance(status_url, str):
+                raise TypeError(f"status_url: must be a str, got {status_url!r}")
+            # Escaping cannot make a javascript: or data: link harmless; only web links pass.
+            if not status_url.lower().startswith(("http://", "https://", "/")):
+                raise ValueError(
+                    f"status_url: must be an http(s) URL or a path starting with '/', "
+                    f"got {status_url!r}"
+                )
         self.messages: dict[str, str] = {**DEFAULT_MESSAGES, **(messages or {})}
         self.template = string.Template(template or DEFAULT_TEMPLATE)
         self.status_url = status_url
@@ -149,6 +157,8 @@ class ErrorPages:
         estimated_return: datetime | None = None,
     ) -> Rendered:
         """The 503 for ``reason``, as JSON or (``html_page``) as the HTML page."""
+        if reason not in REASONS:
+            raise ValueError(f"reason: must be one of {REASONS}, got {reason!r}")
         text = message if message is not None else self.messages[reason]
         returning = iso_utc(estimated_return)
         if html_page:

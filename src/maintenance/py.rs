@@ -82,6 +82,16 @@ fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf
     Ok(Some(absolute))
 }
 
+fn extract_local(value: Given<'_>) -> Result<bool, ArgError> {
+    let Some(value) = value.0 else {
+        return Ok(false);
+    };
+    value
+        .cast::<PyBool>()
+        .map(|flag| flag.is_true())
+        .map_err(|_| ArgError::type_("local", format!("must be a bool, got {}", describe(&value))))
+}
+
 fn extract_env_var(value: Given<'_>) -> Result<Option<String>, ArgError> {
     let Some(value) = value.0 else {
         return Ok(Config::default().env_var);
@@ -341,13 +351,15 @@ impl MaintenanceSwitchPy {
         self.core.restore_local(saved.state.clone());
     }
 
-    #[pyo3(signature = (*, local=false))]
-    fn drain(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+    #[pyo3(signature = (*, local=Given(None)), text_signature = "($self, *, local=False)")]
+    fn drain(&self, py: Python<'_>, local: Given<'_>) -> PyResult<()> {
+        let local = extract_local(local)?;
         self.run(py, "write", move |core| core.drain(local))
     }
 
-    #[pyo3(signature = (*, local=false))]
-    fn undrain(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+    #[pyo3(signature = (*, local=Given(None)), text_signature = "($self, *, local=False)")]
+    fn undrain(&self, py: Python<'_>, local: Given<'_>) -> PyResult<()> {
+        let local = extract_local(local)?;
         self.run(py, "write", move |core| core.undrain(local))
     }
 

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{format_iso, parse_iso, MAX_UNIX, MIN_UNIX};
+use crate::errors::excerpt;
 
 /// The only format version this code writes and understands.
 pub const VERSION: u64 = 1;
@@ -63,8 +64,13 @@ pub fn parse(bytes: &[u8]) -> Result<State, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("is empty".to_owned());
     }
-    let doc: OnDisk =
-        serde_json::from_slice(bytes).map_err(|err| format!("is not a valid state file: {err}"))?;
+    // serde would also fill the struct from an array, field by field: `[null, true]` is not
+    // a state file, whatever it would decode to.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err("is not a valid state file: expected a JSON object".to_owned());
+    }
+    let doc: OnDisk = serde_json::from_slice(bytes)
+        .map_err(|err| format!("is not a valid state file: {}", describe(&err)))?;
     if let Some(version) = doc.version {
         if version != VERSION {
             return Err(format!("has unsupported version {version}"));
@@ -76,7 +82,8 @@ pub fn parse(bytes: &[u8]) -> Result<State, String> {
             Some(unix) if (MIN_UNIX..=MAX_UNIX).contains(&unix) => Some(unix),
             _ => {
                 return Err(format!(
-                    "has an until that is not an ISO-8601 date: {text:?}"
+                    "has an until that is not an ISO-8601 date: {}",
+                    excerpt(&text)
                 ))
             }
         },
@@ -88,6 +95,20 @@ pub fn parse(bytes: &[u8]) -> Result<State, String> {
         retry_after: doc.retry_after.map(|secs| secs.min(MAX_DELAY)),
         draining: doc.draining,
     })
+}
+
+/// A JSON error, cut short: serde quotes offending strings whole, and a warning must not
+/// repeat a 64 KiB file.
+fn describe(err: &serde_json::Error) -> String {
+    const KEEP: usize = 120;
+    let full = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    let what = full.strip_suffix(&position).unwrap_or(&full);
+    let mut text: String = what.chars().take(KEEP).collect();
+    if text.len() < what.len() {
+        text.push_str("...");
+    }
+    text + &position
 }
 
 /// The file's bytes for `state`, stamped with `now` (Unix seconds).
@@ -384,7 +405,9 @@ pub mod tests {
             (b"  \n", "is empty"),
             (b"{\"active\": tr", "not a valid state file"),
             (b"not json", "not a valid state file"),
-            (b"[true]", "not a valid state file"),
+            (b"[true]", "expected a JSON object"),
+            (b"[null, true]", "expected a JSON object"),
+            (b"\"active\"", "expected a JSON object"),
             (b"{}", "not a valid state file"),
             (b"{\"active\": \"yes\"}", "not a valid state file"),
             (
@@ -422,6 +445,24 @@ pub mod tests {
                 Ok(state) => panic!("{bytes:?} parsed as {state:?}"),
             }
         }
+    }
+
+    #[test]
+    fn reasons_quote_a_short_excerpt_of_a_huge_file() {
+        let long = "9".repeat(60_000);
+        for bytes in [
+            format!(r#"{{"active": "{long}"}}"#),
+            format!(r#"{{"active": true, "until": "{long}"}}"#),
+        ] {
+            let err = parse(bytes.as_bytes()).expect_err("bad file");
+            assert!(err.len() < 300, "{} bytes: {err}", err.len());
+            assert!(err.contains("999"), "{err}");
+        }
+        let err = parse(br#"{"active": "yes"}"#).expect_err("bad file");
+        assert!(
+            err.ends_with("expected a boolean at line 1 column 16"),
+            "{err}"
+        );
     }
 
     #[test]
