@@ -130,7 +130,7 @@ impl MiddlewareCore {
         {
             if let Some(route) = config.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
-                    return config.app.call1(py, (environ, start_response));
+                    return self.call_app(py, config, environ, start_response);
                 }
                 return route.call1((environ, start_response)).map(Bound::unbind);
             }

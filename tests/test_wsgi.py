@@ -512,3 +512,18 @@ def test_a_bypassed_request_is_still_gated(recording_app: RecordingApp) -> None:
     reply = call(mw, "/")
     held.close()
     assert reply.code == 503 and reply.json()["reason"] == "overload"
+
+
+def test_an_open_breaker_on_an_exempt_path_is_still_a_dependency_503() -> None:
+    from tidegate import CircuitBreaker
+
+    breaker = CircuitBreaker("cache", reset_timeout=5)
+    breaker.open()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        return breaker.call(lambda: [b"never"])
+
+    mw = TideGateMiddleware(app, limit=1, exempt_paths=["/ping"])
+    reply = call(mw, "/ping")
+    assert reply.code == 503 and reply.json()["reason"] == "dependency"
+    assert mw.gate.admitted == 0, "exempt paths take no permit"
