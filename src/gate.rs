@@ -100,7 +100,10 @@ impl Gate {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    self.peak.fetch_max(current + 1, Ordering::SeqCst);
+                    // A plain load first: the read-modify-write is only needed for a new peak.
+                    if current + 1 > self.peak.load(Ordering::Relaxed) {
+                        self.peak.fetch_max(current + 1, Ordering::SeqCst);
+                    }
                     self.admitted.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }

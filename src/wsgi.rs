@@ -248,7 +248,8 @@ fn lookup<'py>(
 
 /// The response iterable handed to the server: iterates the app's body and, when the server
 /// closes it (PEP 3333), closes that body first and then gives the permit back, exactly once.
-#[pyclass(module = "tidegate._tidegate", frozen)]
+// A freelist: one of these is made and dropped per admitted request.
+#[pyclass(module = "tidegate._tidegate", frozen, freelist = 256)]
 pub struct ClosingBody {
     inner: Py<PyAny>,
     gate: Arc<Gate>,
