@@ -264,9 +264,31 @@ impl ClosingBody {
     }
 }
 
+impl ClosingBody {
+    /// Closes the app's body (when it has a `close()`), exactly as PEP 3333 asks of servers.
+    fn close_inner(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.bind(py);
+        if inner.is_exact_instance_of::<PyList>() || inner.is_exact_instance_of::<PyTuple>() {
+            return Ok(());
+        }
+        match inner.getattr_opt(intern!(py, "close"))? {
+            Some(close) => close.call0().map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for ClosingBody {
     fn drop(&mut self) {
-        // The safety net for servers that never call close().
+        // The safety net for servers that never call close(): close the app's body first, so
+        // the app is done with this request before its slot goes to the next one.
+        if !self.released.load(Ordering::Acquire) {
+            Python::attach(|py| {
+                if let Err(err) = self.close_inner(py) {
+                    err.write_unraisable(py, Some(self.inner.bind(py)));
+                }
+            });
+        }
         self.release();
     }
 }
@@ -278,17 +300,7 @@ impl ClosingBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.bind(py);
-        let outcome =
-            if inner.is_exact_instance_of::<PyList>() || inner.is_exact_instance_of::<PyTuple>() {
-                Ok(())
-            } else {
-                match inner.getattr_opt(intern!(py, "close")) {
-                    Ok(Some(close)) => close.call0().map(drop),
-                    Ok(None) => Ok(()),
-                    Err(err) => Err(err),
-                }
-            };
+        let outcome = self.close_inner(py);
         self.release();
         outcome
     }
