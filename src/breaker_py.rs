@@ -15,7 +15,7 @@ use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
-use crate::errors::ArgError;
+use crate::errors::{describe, type_name, ArgError};
 
 pyo3::create_exception!(
     tidegate._tidegate,
@@ -34,27 +34,12 @@ pub fn prepare_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-fn show(value: &Bound<'_, PyAny>) -> String {
-    value
-        .repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "<unprintable object>".to_owned())
-}
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "object".to_owned())
-}
-
 /// An int >= 1 that fits in a u32 (a bool is not an int here).
 fn count(param: &'static str, value: &Bound<'_, PyAny>) -> Result<u32, ArgError> {
     if value.is_instance_of::<PyBool>() {
         return Err(ArgError::type_(
             param,
-            format!("must be an int, got {}", show(value)),
+            format!("must be an int, got {}", describe(value)),
         ));
     }
     let Ok(n) = value.extract::<i128>() else {
@@ -77,7 +62,7 @@ fn number(param: &'static str, value: &Bound<'_, PyAny>) -> Result<f64, ArgError
     if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
         return Err(ArgError::type_(
             param,
-            format!("must be a number, got {}", show(value)),
+            format!("must be a number, got {}", describe(value)),
         ));
     }
     value
@@ -102,7 +87,7 @@ fn optional_callable(
     if !value.is_callable() {
         return Err(ArgError::type_(
             param,
-            format!("must be callable or None, got {}", show(value)),
+            format!("must be callable or None, got {}", describe(value)),
         ));
     }
     Ok(Some(value.clone().unbind()))
@@ -123,7 +108,7 @@ fn exception_types(value: &Bound<'_, PyAny>) -> Result<Option<Py<PyTuple>>, ArgE
             "exclude",
             format!(
                 "must be an exception type or a tuple of them, got {}",
-                show(value)
+                describe(value)
             ),
         ));
     };
@@ -134,7 +119,7 @@ fn exception_types(value: &Bound<'_, PyAny>) -> Result<Option<Py<PyTuple>>, ArgE
         if !is_exception {
             return Err(ArgError::type_(
                 "exclude",
-                format!("{} is not an exception type", show(item)),
+                format!("{} is not an exception type", describe(item)),
             ));
         }
     }
@@ -182,7 +167,7 @@ fn name(value: &Bound<'_, PyAny>) -> PyResult<String> {
             "name",
             format!(
                 "must be valid text (no lone surrogates), got {}",
-                show(value)
+                describe(value)
             ),
         )
     })?;
@@ -212,7 +197,7 @@ fn read_clock(value: &Bound<'_, PyAny>) -> PyResult<f64> {
         .into()),
         None => Err(ArgError::type_(
             "clock",
-            format!("must return a number of seconds, got {}", show(value)),
+            format!("must return a number of seconds, got {}", describe(value)),
         )
         .into()),
     }
@@ -467,9 +452,11 @@ impl BreakerPy {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if !func.is_callable() {
-            return Err(
-                ArgError::type_("func", format!("must be callable, got {}", show(func))).into(),
-            );
+            return Err(ArgError::type_(
+                "func",
+                format!("must be callable, got {}", describe(func)),
+            )
+            .into());
         }
         let py = slf.py();
         let this = slf.get();
@@ -680,7 +667,7 @@ impl BreakerPy {
         if !listener.is_callable() {
             return Err(ArgError::type_(
                 "listener",
-                format!("must be callable, got {}", show(listener)),
+                format!("must be callable, got {}", describe(listener)),
             )
             .into());
         }
@@ -709,7 +696,7 @@ impl BreakerPy {
         if !removed {
             return Err(PyValueError::new_err(format!(
                 "listener: not registered: {}",
-                show(listener)
+                describe(listener)
             )));
         }
         Ok(())

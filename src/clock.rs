@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+
+use crate::errors::{type_name, ArgError};
 
 /// The first and last instants a four-digit year can name (0001-01-01 .. 9999-12-31 23:59:59).
 pub const MIN_UNIX: i64 = -62_135_596_800;
@@ -205,25 +206,63 @@ fn utc(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     Ok(obj.bind(py))
 }
 
-/// Unix seconds (rounded down) of a Python `datetime`; a naive one is taken as UTC.
-pub fn datetime_to_unix(value: &Bound<'_, PyAny>) -> PyResult<i64> {
-    let py = value.py();
-    let datetime_type = py.import("datetime")?.getattr("datetime")?;
-    if !value.is_instance(&datetime_type)? {
-        let kind = value.get_type().name()?;
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "expected a datetime.datetime, got {kind}"
-        )));
+/// A class of the `datetime` module, such as `"datetime"` or `"timedelta"`.
+pub fn datetime_type<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("datetime")?.getattr(name)
+}
+
+/// Whole seconds (floored) and the microseconds of a `timedelta`.
+pub fn timedelta_parts(delta: &Bound<'_, PyAny>) -> PyResult<(i64, u32)> {
+    let days: i64 = delta.getattr("days")?.extract()?;
+    let seconds: i64 = delta.getattr("seconds")?.extract()?;
+    let micros: u32 = delta.getattr("microseconds")?.extract()?;
+    Ok((days * 86_400 + seconds, micros))
+}
+
+/// Exact Unix microseconds of a `datetime`; a naive one is UTC. `TypeError` naming `param`
+/// for anything that is not a `datetime.datetime`.
+pub fn datetime_micros(value: &Bound<'_, PyAny>, param: &'static str) -> PyResult<i128> {
+    if !value.is_instance(&datetime_type(value.py(), "datetime")?)? {
+        return Err(ArgError::type_(
+            param,
+            format!("expected a datetime.datetime, got {}", type_name(value)),
+        )
+        .into());
     }
-    let aware = if value.getattr("tzinfo")?.is_none() {
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("tzinfo", utc(py)?)?;
-        value.call_method("replace", (), Some(&kwargs))?
+    let field = |name: &str| -> PyResult<u32> { value.getattr(name)?.extract() };
+    let year: i64 = value.getattr("year")?.extract()?;
+    let local = from_civil(
+        year,
+        field("month")?,
+        field("day")?,
+        field("hour")?,
+        field("minute")?,
+        field("second")?,
+    )
+    .ok_or_else(|| ArgError::value(param, "not a valid date"))?;
+    let offset = value.call_method0("utcoffset")?;
+    let offset_micros = if offset.is_none() {
+        0
     } else {
-        value.clone()
+        let (whole, micros) = timedelta_parts(&offset)?;
+        i128::from(whole) * 1_000_000 + i128::from(micros)
     };
-    let timestamp: f64 = aware.call_method0("timestamp")?.extract()?;
-    Ok(timestamp.floor() as i64)
+    Ok(i128::from(local) * 1_000_000 + i128::from(field("microsecond")?) - offset_micros)
+}
+
+/// Unix seconds of a `datetime` (naive = UTC), a fraction rounded up (`ceil`) or down.
+pub fn datetime_seconds(
+    value: &Bound<'_, PyAny>,
+    param: &'static str,
+    ceil: bool,
+) -> PyResult<i64> {
+    let micros = datetime_micros(value, param)?;
+    let mut secs = micros.div_euclid(1_000_000);
+    if ceil && micros.rem_euclid(1_000_000) > 0 {
+        secs += 1;
+    }
+    // A datetime spans years 1 to 9999, far inside i64 seconds.
+    Ok(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// An aware UTC `datetime` for Unix seconds; `ValueError` outside years 1..=9999.

@@ -134,6 +134,25 @@ impl From<RetryAfterError> for PyErr {
     }
 }
 
+/// The type name of a bad value, for error messages.
+pub fn type_name(value: &pyo3::Bound<'_, pyo3::PyAny>) -> String {
+    use pyo3::types::{PyAnyMethods, PyTypeMethods};
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "object".to_owned())
+}
+
+/// The `repr()` of a bad value, for error messages (its type name if `repr()` fails).
+pub fn describe(value: &pyo3::Bound<'_, pyo3::PyAny>) -> String {
+    use pyo3::types::PyAnyMethods;
+    value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("<{}>", type_name(value)))
+}
+
 /// Turns an I/O failure on a named path into an `OSError` that says what was being done.
 pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> PyErr {
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))

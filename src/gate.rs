@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
-use crate::errors::ArgError;
+use crate::errors::{type_name, ArgError};
 
 /// How long a waiter sleeps at most before it looks for signals (Ctrl-C) again.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -100,7 +100,10 @@ impl Gate {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    self.peak.fetch_max(current + 1, Ordering::SeqCst);
+                    // A plain load first: the read-modify-write is only needed for a new peak.
+                    if current + 1 > self.peak.load(Ordering::Relaxed) {
+                        self.peak.fetch_max(current + 1, Ordering::SeqCst);
+                    }
                     self.admitted.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
@@ -184,11 +187,7 @@ pub fn extract_limit(value: &Bound<'_, PyAny>) -> Result<usize, ArgError> {
         ));
     }
     let Ok(as_int) = value.extract::<i128>() else {
-        let kind = value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "object".to_owned());
+        let kind = type_name(value);
         return Err(ArgError::type_(
             "limit",
             format!("must be an int, got {kind}"),

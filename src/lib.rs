@@ -23,7 +23,10 @@ mod _tidegate {
     #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
-    use crate::maintenance::{MaintenanceStatusPy, MaintenanceSwitchPy};
+    use crate::maintenance::{
+        drain_process_py, process_draining_py, undrain_process_py, MaintenanceStatusPy,
+        MaintenanceSwitchPy,
+    };
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
     #[pymodule_export]

@@ -10,7 +10,9 @@
 //!   (any case, surrounding blanks ignored): source `env`.
 //!
 //! Draining is on when this process drains itself (`drain(local=True)`, or any drain without a
-//! state file) or the state file says so.
+//! state file), when the state file says so, or when the whole process drains
+//! ([`drain_process`], which a server hook calls on SIGTERM): that last flag is one static
+//! every switch of the process reads, so it reaches switches the hook never saw.
 //!
 //! # Cost per request
 //!
@@ -53,13 +55,16 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-pub use py::{MaintenanceStatusPy, MaintenanceSwitchPy};
+pub use py::{
+    drain_process_py, process_draining_py, undrain_process_py, MaintenanceStatusPy,
+    MaintenanceSwitchPy,
+};
 pub use state_file::{State, MAX_DELAY};
 
 use state_file::{Look, Signature};
@@ -133,6 +138,25 @@ impl Clock for SystemClock {
     }
 }
 
+/// The process-wide drain flag behind [`drain_process`].
+static PROCESS_DRAIN: AtomicBool = AtomicBool::new(false);
+
+/// Makes every switch of this process report draining (readiness 503) until
+/// [`undrain_process`]. Requests are still served: only readiness changes.
+pub fn drain_process() {
+    PROCESS_DRAIN.store(true, Ordering::Release);
+}
+
+/// Ends a [`drain_process`] drain. A drain through a switch or its state file stands.
+pub fn undrain_process() {
+    PROCESS_DRAIN.store(false, Ordering::Release);
+}
+
+/// Whether this process drains as a whole.
+pub fn process_draining() -> bool {
+    PROCESS_DRAIN.load(Ordering::Acquire)
+}
+
 type EnvLookup = dyn Fn(&str) -> Option<OsString> + Send + Sync;
 type Warn = dyn Fn(&str) + Send + Sync;
 
@@ -142,6 +166,8 @@ pub struct Hooks {
     pub clock: Arc<dyn Clock>,
     pub env: Arc<EnvLookup>,
     pub warn: Arc<Warn>,
+    /// The process-wide drain flag; tests give each switch its own.
+    pub process_drain: &'static AtomicBool,
 }
 
 impl Hooks {
@@ -151,6 +177,7 @@ impl Hooks {
             clock: Arc::new(SystemClock::new()),
             env: Arc::new(|name: &str| std::env::var_os(name)),
             warn: Arc::new(py::log_warning),
+            process_drain: &PROCESS_DRAIN,
         }
     }
 }
@@ -293,6 +320,7 @@ impl Maintenance {
     pub fn draining(&self) -> bool {
         self.refresh();
         self.flags.load(Ordering::Acquire) & ANY_DRAINING != 0
+            || self.hooks.process_drain.load(Ordering::Acquire)
     }
 
     pub fn status(&self) -> Status {
@@ -321,13 +349,16 @@ impl Maintenance {
                 self.config.default_retry_after,
             ),
             source,
-            draining: sides.local.draining || sides.file.draining,
+            draining: sides.local.draining
+                || sides.file.draining
+                || self.hooks.process_drain.load(Ordering::Acquire),
         }
     }
 
-    /// Turns maintenance on: in the state file when there is one, else in this process.
-    pub fn enable(&self, notice: Notice) -> io::Result<()> {
-        self.change(false, move |state| {
+    /// Turns maintenance on: in the state file when there is one and `local` is not set, else
+    /// in this process only.
+    pub fn enable(&self, notice: Notice, local: bool) -> io::Result<()> {
+        self.change(local, move |state| {
             state.active = true;
             state.message = notice.message;
             state.until = notice.until;
@@ -335,14 +366,31 @@ impl Maintenance {
         })
     }
 
-    /// Turns maintenance off and forgets its message, end estimate and Retry-After.
-    pub fn disable(&self) -> io::Result<()> {
-        self.change(false, |state| {
+    /// Turns maintenance off and forgets its message, end estimate and Retry-After, on the side
+    /// `enable` with the same `local` would have used.
+    pub fn disable(&self, local: bool) -> io::Result<()> {
+        self.change(local, |state| {
             state.active = false;
             state.message = None;
             state.until = None;
             state.retry_after = None;
         })
+    }
+
+    /// This process's own maintenance (its `draining` included), to put back later.
+    pub fn local_state(&self) -> State {
+        self.sides.lock().local.clone()
+    }
+
+    /// Puts back the maintenance fields of a [`Maintenance::local_state`]; this process's
+    /// own `draining` stays as it is now.
+    pub fn restore_local(&self, saved: State) {
+        self.update_sides(|sides| {
+            sides.local = State {
+                draining: sides.local.draining,
+                ..saved
+            }
+        });
     }
 
     /// Starts draining: through the state file (every process), or only this process when
@@ -511,6 +559,7 @@ mod tests {
         clock: Arc<ManualClock>,
         env: Arc<Mutex<HashMap<String, OsString>>>,
         warnings: Arc<Mutex<Vec<String>>>,
+        process_drain: &'static AtomicBool,
     }
 
     impl Rig {
@@ -521,6 +570,7 @@ mod tests {
                 clock,
                 env: Arc::default(),
                 warnings: Arc::default(),
+                process_drain: Box::leak(Box::new(AtomicBool::new(false))),
             }
         }
 
@@ -531,6 +581,7 @@ mod tests {
                 clock: self.clock.clone(),
                 env: Arc::new(move |name: &str| env.lock().get(name).cloned()),
                 warn: Arc::new(move |msg: &str| warnings.lock().push(msg.to_owned())),
+                process_drain: self.process_drain,
             }
         }
 
@@ -585,11 +636,14 @@ mod tests {
         assert!(!switch.active());
         assert_eq!(switch.status().source, None);
         switch
-            .enable(Notice {
-                message: Some("upgrading".into()),
-                until: Some(1_000_300),
-                retry_after: Some(10),
-            })
+            .enable(
+                Notice {
+                    message: Some("upgrading".into()),
+                    until: Some(1_000_300),
+                    retry_after: Some(10),
+                },
+                false,
+            )
             .expect("no file to write");
         assert!(switch.active());
         let status = switch.status();
@@ -598,7 +652,7 @@ mod tests {
         assert_eq!(status.retry_after_secs, 300);
         rig.clock.unix.store(1_000_400, Ordering::SeqCst);
         assert_eq!(switch.status().retry_after_secs, 10);
-        switch.disable().expect("no file");
+        switch.disable(false).expect("no file");
         assert!(!switch.active());
         assert_eq!(
             switch.status(),
@@ -656,10 +710,13 @@ mod tests {
         let writer = rig.switch(Some(path.clone()), SECOND);
         let reader = rig.switch(Some(path.clone()), SECOND);
         writer
-            .enable(Notice {
-                message: Some("back soon".into()),
-                ..Notice::default()
-            })
+            .enable(
+                Notice {
+                    message: Some("back soon".into()),
+                    ..Notice::default()
+                },
+                false,
+            )
             .expect("write");
         assert!(writer.active(), "the writer sees its own write at once");
         assert!(!reader.active(), "the reader waits for its poll");
@@ -670,7 +727,7 @@ mod tests {
             (true, Some(Source::File), Some("back soon"))
         );
         writer.drain(false).expect("write");
-        writer.disable().expect("write");
+        writer.disable(false).expect("write");
         rig.clock.advance(SECOND);
         assert!(!reader.active());
         assert!(reader.draining(), "disable kept the drain");
@@ -689,7 +746,7 @@ mod tests {
         switch.drain(true).expect("local");
         assert!(switch.draining());
         assert!(!path.exists());
-        switch.enable(Notice::default()).expect("write");
+        switch.enable(Notice::default(), false).expect("write");
         let state = state_file::parse(&fs::read(&path).expect("read")).expect("valid");
         assert!(!state.draining);
         assert!(switch.status().draining);
@@ -698,12 +755,109 @@ mod tests {
     }
 
     #[test]
+    fn local_maintenance_leaves_the_file_alone_and_restores_exactly() {
+        let rig = Rig::new();
+        let dir = TempDir::new("local-maintenance");
+        let path = dir.0.join("state.json");
+        let switch = rig.switch(Some(path.clone()), SECOND);
+        let other = rig.switch(Some(path.clone()), SECOND);
+        let before = switch.local_state();
+        switch
+            .enable(
+                Notice {
+                    message: Some("in a test".into()),
+                    until: Some(1_000_300),
+                    retry_after: Some(7),
+                },
+                true,
+            )
+            .expect("local");
+        assert!(!path.exists(), "local maintenance never writes the file");
+        let status = switch.status();
+        assert_eq!(
+            (status.active, status.source, status.message.as_deref()),
+            (true, Some(Source::Local), Some("in a test"))
+        );
+        rig.clock.advance(SECOND);
+        assert!(!other.active(), "another process sees nothing");
+
+        let saved = switch.local_state();
+        switch.enable(Notice::default(), true).expect("local");
+        switch.drain(true).expect("local");
+        switch.restore_local(saved.clone());
+        assert_eq!(
+            switch.local_state(),
+            State {
+                draining: true,
+                ..saved
+            },
+            "the maintenance fields come back, the drain stays"
+        );
+        rig.clock.unix.store(1_000_400, Ordering::SeqCst);
+        assert_eq!(
+            switch.status().retry_after_secs,
+            7,
+            "the explicit value came back too"
+        );
+
+        switch.restore_local(before);
+        assert!(!switch.active());
+        assert!(switch.draining());
+        switch.disable(true).expect("local");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_process_drain_reaches_every_switch_and_only_draining() {
+        let rig = Rig::new();
+        let dir = TempDir::new("process");
+        let path = dir.0.join("state.json");
+        let plain = rig.switch(None, SECOND);
+        let shared = rig.switch(Some(path.clone()), SECOND);
+        rig.process_drain.store(true, Ordering::SeqCst);
+        for switch in [&plain, &shared] {
+            assert!(switch.draining());
+            let status = switch.status();
+            assert!(status.draining);
+            assert!(!status.active, "a drain is not maintenance");
+            assert!(!switch.active());
+        }
+        assert!(
+            !path.exists(),
+            "a process drain never writes the shared file"
+        );
+        plain.undrain(true).expect("local");
+        shared.undrain(false).expect("write");
+        assert!(
+            plain.draining() && shared.draining(),
+            "only the process flag ends it"
+        );
+        rig.process_drain.store(false, Ordering::SeqCst);
+        assert!(!plain.draining() && !shared.draining());
+        assert!(!plain.status().draining);
+        let other = Rig::new().switch(None, SECOND);
+        rig.process_drain.store(true, Ordering::SeqCst);
+        assert!(!other.draining(), "another flag, another process");
+    }
+
+    #[test]
+    fn the_process_flag_round_trips() {
+        // The only test that touches the real static.
+        drain_process();
+        assert!(process_draining());
+        drain_process();
+        assert!(process_draining(), "draining twice is still draining");
+        undrain_process();
+        assert!(!process_draining());
+    }
+
+    #[test]
     fn a_bad_file_keeps_the_last_good_state_and_warns_once_per_episode() {
         let rig = Rig::new();
         let dir = TempDir::new("bad");
         let path = dir.0.join("state.json");
         let writer = rig.switch(Some(path.clone()), SECOND);
-        writer.enable(Notice::default()).expect("write");
+        writer.enable(Notice::default(), false).expect("write");
         let reader = rig.switch(Some(path.clone()), SECOND);
         assert!(reader.active());
         for garbage in ["", "{\"active\": tr", "[1, 2]", "{\"active\": 1}"] {
@@ -738,7 +892,7 @@ mod tests {
         let switch = rig.switch(Some(path.clone()), SECOND);
         switch.drain(false).expect("write");
         fs::write(&path, "garbage").expect("write");
-        switch.enable(Notice::default()).expect("write");
+        switch.enable(Notice::default(), false).expect("write");
         let state = state_file::parse(&fs::read(&path).expect("read")).expect("valid");
         assert!(state.active && state.draining);
     }
@@ -772,13 +926,16 @@ mod tests {
         for i in 0..200 {
             if i % 2 == 0 {
                 writer
-                    .enable(Notice {
-                        message: Some("m".into()),
-                        ..Notice::default()
-                    })
+                    .enable(
+                        Notice {
+                            message: Some("m".into()),
+                            ..Notice::default()
+                        },
+                        false,
+                    )
                     .expect("write");
             } else {
-                writer.disable().expect("write");
+                writer.disable(false).expect("write");
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -36,8 +36,8 @@ use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use crate::clock;
 use crate::errors::excerpt;
-use crate::errors::ArgError;
 pub use crate::errors::RetryAfterError;
+use crate::errors::{describe, type_name, ArgError};
 
 /// The largest delay kept: bigger ones saturate here (RFC 9111 §1.2.2).
 pub const MAX_DELAY: u64 = 2_147_483_648;
@@ -503,7 +503,7 @@ impl RetryAfterPy {
         let out_of_range = || {
             ArgError::value(
                 "seconds",
-                format!("must be a finite number >= 0, got {}", repr(seconds)),
+                format!("must be a finite number >= 0, got {}", describe(seconds)),
             )
         };
         if seconds.is_instance_of::<PyBool>() {
@@ -526,8 +526,8 @@ impl RetryAfterPy {
                 .map(Self::new)
                 .map_err(|_| out_of_range().into());
         }
-        if seconds.is_instance(&datetime_attr(seconds.py(), "timedelta")?)? {
-            let (whole, micros) = timedelta_parts(seconds)?;
+        if seconds.is_instance(&clock::datetime_type(seconds.py(), "timedelta")?)? {
+            let (whole, micros) = clock::timedelta_parts(seconds)?;
             let Ok(whole) = u64::try_from(whole) else {
                 return Err(out_of_range().into());
             };
@@ -546,7 +546,7 @@ impl RetryAfterPy {
     /// An HTTP-date at `when` (naive means UTC), a fraction of a second rounded up.
     #[staticmethod]
     fn at(when: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let micros = datetime_micros(when, "when")?;
+        let micros = clock::datetime_micros(when, "when")?;
         let unix = micros.div_euclid(1_000_000) + i128::from(micros.rem_euclid(1_000_000) > 0);
         i64::try_from(unix)
             .ok()
@@ -557,7 +557,7 @@ impl RetryAfterPy {
                     "when",
                     format!(
                         "{} is past 9999-12-31 23:59:59 UTC, the last HTTP-date",
-                        repr(when)
+                        describe(when)
                     ),
                 )
                 .into()
@@ -629,79 +629,13 @@ impl RetryAfterPy {
     }
 }
 
-fn repr(value: &Bound<'_, PyAny>) -> String {
-    value
-        .repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn datetime_attr<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    py.import("datetime")?.getattr(name)
-}
-
-/// Whole seconds (floored) and the microseconds of a `timedelta`.
-fn timedelta_parts(delta: &Bound<'_, PyAny>) -> PyResult<(i64, u32)> {
-    let days: i64 = delta.getattr("days")?.extract()?;
-    let seconds: i64 = delta.getattr("seconds")?.extract()?;
-    let micros: u32 = delta.getattr("microseconds")?.extract()?;
-    Ok((days * 86_400 + seconds, micros))
-}
-
-/// Exact Unix microseconds of a `datetime`; a naive one is UTC. `TypeError` naming `param`
-/// for anything that is not a `datetime.datetime`.
-fn datetime_micros(value: &Bound<'_, PyAny>, param: &'static str) -> PyResult<i128> {
-    if !value.is_instance(&datetime_attr(value.py(), "datetime")?)? {
-        return Err(ArgError::type_(
-            param,
-            format!("expected a datetime.datetime, got {}", type_name(value)),
-        )
-        .into());
-    }
-    let field = |name: &str| -> PyResult<u32> { value.getattr(name)?.extract() };
-    let year: i64 = value.getattr("year")?.extract()?;
-    let local = clock::from_civil(
-        year,
-        field("month")?,
-        field("day")?,
-        field("hour")?,
-        field("minute")?,
-        field("second")?,
-    )
-    .ok_or_else(|| ArgError::value(param, "not a valid date"))?;
-    let offset = value.call_method0("utcoffset")?;
-    let offset_micros = if offset.is_none() {
-        0
-    } else {
-        let (whole, micros) = timedelta_parts(&offset)?;
-        i128::from(whole) * 1_000_000 + i128::from(micros)
-    };
-    Ok(i128::from(local) * 1_000_000 + i128::from(field("microsecond")?) - offset_micros)
-}
-
 /// Unix seconds of `now`, or of the system clock when it is `None`. A fraction of a second
 /// rounds down, or up with `ceil`: whichever errs toward the client coming back later.
 fn now_or_clock(now: Option<&Bound<'_, PyAny>>, ceil: bool) -> PyResult<i64> {
     match now {
         // The clock gives whole seconds; rounding up adds one.
         None => Ok(clock::now_unix().saturating_add(i64::from(ceil))),
-        Some(value) => {
-            let micros = datetime_micros(value, "now")?;
-            let mut secs = micros.div_euclid(1_000_000);
-            if ceil && micros.rem_euclid(1_000_000) > 0 {
-                secs += 1;
-            }
-            // A datetime spans years 1 to 9999, far inside i64 seconds.
-            Ok(i64::try_from(secs).unwrap_or(i64::MAX))
-        }
+        Some(value) => clock::datetime_seconds(value, "now", ceil),
     }
 }
 

@@ -130,7 +130,7 @@ impl MiddlewareCore {
         {
             if let Some(route) = config.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
-                    return config.app.call1(py, (environ, start_response));
+                    return self.call_app(py, config, environ, start_response);
                 }
                 return route.call1((environ, start_response)).map(Bound::unbind);
             }
@@ -248,7 +248,8 @@ fn lookup<'py>(
 
 /// The response iterable handed to the server: iterates the app's body and, when the server
 /// closes it (PEP 3333), closes that body first and then gives the permit back, exactly once.
-#[pyclass(module = "tidegate._tidegate", frozen)]
+// A freelist: one of these is made and dropped per admitted request.
+#[pyclass(module = "tidegate._tidegate", frozen, freelist = 256)]
 pub struct ClosingBody {
     inner: Py<PyAny>,
     gate: Arc<Gate>,
@@ -263,9 +264,31 @@ impl ClosingBody {
     }
 }
 
+impl ClosingBody {
+    /// Closes the app's body (when it has a `close()`), exactly as PEP 3333 asks of servers.
+    fn close_inner(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.bind(py);
+        if inner.is_exact_instance_of::<PyList>() || inner.is_exact_instance_of::<PyTuple>() {
+            return Ok(());
+        }
+        match inner.getattr_opt(intern!(py, "close"))? {
+            Some(close) => close.call0().map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for ClosingBody {
     fn drop(&mut self) {
-        // The safety net for servers that never call close().
+        // The safety net for servers that never call close(): close the app's body first, so
+        // the app is done with this request before its slot goes to the next one.
+        if !self.released.load(Ordering::Acquire) {
+            Python::attach(|py| {
+                if let Err(err) = self.close_inner(py) {
+                    err.write_unraisable(py, Some(self.inner.bind(py)));
+                }
+            });
+        }
         self.release();
     }
 }
@@ -277,17 +300,7 @@ impl ClosingBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.bind(py);
-        let outcome =
-            if inner.is_exact_instance_of::<PyList>() || inner.is_exact_instance_of::<PyTuple>() {
-                Ok(())
-            } else {
-                match inner.getattr_opt(intern!(py, "close")) {
-                    Ok(Some(close)) => close.call0().map(drop),
-                    Ok(None) => Ok(()),
-                    Err(err) => Err(err),
-                }
-            };
+        let outcome = self.close_inner(py);
         self.release();
         outcome
     }

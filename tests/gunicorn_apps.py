@@ -2,7 +2,8 @@
 inside how many requests it is handling at once.
 
 Gunicorn imports it as ``gunicorn_apps:application`` (from the tests directory). The limit is
-``TIDEGATE_TEST_LIMIT`` (default 4). Routes:
+``TIDEGATE_TEST_LIMIT`` (default 4). ``gunicorn_apps:ready_application`` is the same app with
+readiness at ``/health`` and liveness at ``/health/live``. Routes:
 
 - ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``.
 - ``/stream?chunks=100&ms=10``: ``chunks`` chunks of ``tick\\n`` with ``ms`` milliseconds before
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from tidegate import HealthChecks
 from tidegate.wsgi import TideGateMiddleware
 
 if TYPE_CHECKING:
@@ -160,3 +162,7 @@ def _stats(start_response: StartResponse) -> list[bytes]:
 
 
 application = TideGateMiddleware(measured_app, limit=LIMIT, exempt_paths=[STATS_PATH])
+
+ready_application = TideGateMiddleware(
+    measured_app, limit=LIMIT, exempt_paths=[STATS_PATH], health=HealthChecks()
+)

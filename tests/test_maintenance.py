@@ -326,6 +326,25 @@ def test_local_drain_does_not_touch_the_file(state_path: Path) -> None:
     assert not switch.draining
 
 
+def test_local_maintenance_does_not_touch_the_file_and_outranks_it(state_path: Path) -> None:
+    switch = MaintenanceSwitch(state_path, env_var=None)
+    other = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
+    switch.enable(message="only here", retry_after=9, local=True)
+    assert not state_path.exists()
+    assert not other.active
+    status = switch.status()
+    assert (status.active, status.source, status.message) == (True, "local", "only here")
+    assert delay(status) == 9
+
+    switch.enable(message="everywhere")
+    assert other.active and other.status().message == "everywhere"
+    assert switch.status().message == "only here", "this process's own maintenance wins"
+    switch.disable(local=True)
+    assert (switch.status().source, switch.status().message) == ("file", "everywhere")
+    switch.disable()
+    assert not switch.active and not other.active
+
+
 def test_drain_without_a_file_is_local() -> None:
     switch = MaintenanceSwitch(env_var=None)
     switch.drain()
@@ -620,4 +639,6 @@ def test_local_must_be_a_bool() -> None:
     switch = MaintenanceSwitch(env_var=None)
     with pytest.raises(TypeError, match="local"):
         switch.drain(local=1)  # type: ignore[arg-type]
-    assert not switch.draining
+    with pytest.raises(TypeError, match="local"):
+        switch.enable(local="yes")  # type: ignore[arg-type]
+    assert not switch.draining and not switch.active

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 import threading
 import time
 from typing import Any
@@ -135,7 +136,33 @@ def test_no_way_of_ending_a_body_leaks(recording_app: RecordingApp, how: str) ->
         del body
         gc.collect()
     assert mw.gate.in_flight == 0
+    assert recording_app.inside == 0, "the app's own body was closed too"
     assert call(mw, "/").code == 200
+
+
+def test_a_close_that_fails_on_a_dropped_body_is_reported_not_raised() -> None:
+    class BadBody:
+        def __iter__(self) -> Any:
+            return iter([b"x"])
+
+        def close(self) -> None:
+            raise Boom("close failed")
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return BadBody()
+
+    mw = TideGateMiddleware(app, limit=1)
+    seen: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+        body = mw(environ_for("/"), start_response)
+        del body
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert mw.gate.in_flight == 0
+    assert len(seen) == 1 and isinstance(seen[0].exc_value, Boom)
 
 
 def test_closing_twice_releases_once(recording_app: RecordingApp) -> None:
@@ -208,7 +235,6 @@ def test_random_faults_over_thousands_of_requests_never_leak() -> None:
     rng = random.Random(1234)
     open_bodies: list[tuple[str, Any]] = []
     shed = 0
-    never_closed_streams = 0
     for _ in range(5_000):
         action = rng.random()
         if action < 0.5 or not open_bodies:
@@ -232,9 +258,8 @@ def test_random_faults_over_thousands_of_requests_never_leak() -> None:
                 except Boom:
                     pass
             if ending == "drop":
-                # A server that never calls close(): the permit still comes back, but the
-                # app's own body is never closed, so the app counts that request as open.
-                never_closed_streams += path != "/"
+                # A server that never calls close(): the permit still comes back, and the
+                # app's own body is closed first.
                 del body
             else:
                 body.close()
@@ -244,7 +269,7 @@ def test_random_faults_over_thousands_of_requests_never_leak() -> None:
     assert mw.gate.in_flight == 0
     assert mw.gate.peak <= limit
     assert shed > 0
-    assert app.inside == never_closed_streams
+    assert app.inside == 0
 
 
 def test_many_threads_never_push_the_app_past_the_limit() -> None:
@@ -512,3 +537,18 @@ def test_a_bypassed_request_is_still_gated(recording_app: RecordingApp) -> None:
     reply = call(mw, "/")
     held.close()
     assert reply.code == 503 and reply.json()["reason"] == "overload"
+
+
+def test_an_open_breaker_on_an_exempt_path_is_still_a_dependency_503() -> None:
+    from tidegate import CircuitBreaker
+
+    breaker = CircuitBreaker("cache", reset_timeout=5)
+    breaker.open()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        return breaker.call(lambda: [b"never"])
+
+    mw = TideGateMiddleware(app, limit=1, exempt_paths=["/ping"])
+    reply = call(mw, "/ping")
+    assert reply.code == 503 and reply.json()["reason"] == "dependency"
+    assert mw.gate.admitted == 0, "exempt paths take no permit"

@@ -11,6 +11,9 @@ from tidegate._tidegate import (
     Permit,
     RetryAfter,
     __version__,
+    drain_process,
+    process_draining,
+    undrain_process,
 )
 from tidegate.breaker import CircuitBreaker, CircuitOpenError
 from tidegate.health import HealthChecks
@@ -25,4 +28,7 @@ __all__ = [
     "Permit",
     "RetryAfter",
     "__version__",
+    "drain_process",
+    "process_draining",
+    "undrain_process",
 ]

@@ -34,7 +34,10 @@ __all__ = [
     "Permit",
     "RetryAfter",
     "__version__",
+    "drain_process",
     "prefers_html",
+    "process_draining",
+    "undrain_process",
 ]
 
 @final
@@ -157,6 +160,18 @@ class RetryAfter:
 
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
+
+def drain_process() -> None:
+    """Make this whole process report draining: readiness (``HealthChecks``) answers 503 with
+    reason ``"draining"`` and every ``MaintenanceSwitch`` says ``draining``, while requests
+    are still served. In-process only (no state file is written); idempotent. The Gunicorn
+    hooks in :mod:`tidegate.gunicorn` call it when a worker gets SIGTERM."""
+
+def undrain_process() -> None:
+    """End :func:`drain_process`. Drains set through a switch or its state file stand."""
+
+def process_draining() -> bool:
+    """Whether :func:`drain_process` is in effect. An atomic load; never raises."""
 
 def prefers_html(accept: str) -> bool:
     """Whether an ``Accept`` header value ranks ``text/html`` above ``application/json``.
@@ -387,18 +402,29 @@ class MaintenanceSwitch:
         message: str | None = None,
         until: datetime | None = None,
         retry_after: int | timedelta | None = None,
+        local: bool = False,
     ) -> None:
         """Turn maintenance on, with a message, an estimated end (a naive ``until`` is UTC) and
         an explicit Retry-After (a ``timedelta`` is rounded up to whole seconds).
 
         With a state file the file is replaced atomically (``OSError`` if that fails): this
         switch sees the change at once, every other process within ``poll_interval``.
-        ``draining`` in the file is kept. Without a state file only this process changes.
+        ``draining`` in the file is kept. Without a state file, or with ``local=True``, only
+        this process changes and no file is written; this process's own maintenance outranks
+        the file's (its message and Retry-After are the ones shown).
         """
 
-    def disable(self) -> None:
-        """Turn maintenance off and clear its message, ``until`` and Retry-After (the file's
-        ``draining`` is kept)."""
+    def disable(self, *, local: bool = False) -> None:
+        """Turn maintenance off and clear its message, ``until`` and Retry-After, on the side
+        ``enable`` with the same ``local`` would have used (the file's ``draining`` is kept).
+        Maintenance the other side, or the environment, says stays on."""
+
+    def _local_state(self) -> _LocalState:
+        """This process's own maintenance, to put back with ``_restore_local`` (used by
+        ``tidegate.pytest_plugin``; not public API)."""
+
+    def _restore_local(self, saved: _LocalState, /) -> None:
+        """Put back what ``_local_state`` returned; this process's own drain stays as it is."""
 
     def drain(self, *, local: bool = False) -> None:
         """Start draining: through the state file, so every process drains, or only this
@@ -414,7 +440,8 @@ class MaintenanceSwitch:
 
     @property
     def draining(self) -> bool:
-        """Whether this process drains: its own drain or the state file's. Never raises."""
+        """Whether this process drains: its own drain, the state file's, or
+        :func:`drain_process`. Never raises."""
 
     def status(self) -> MaintenanceStatus:
         """A consistent snapshot of the switch. Never raises."""
@@ -434,6 +461,10 @@ class MaintenanceSwitch:
     @property
     def default_retry_after(self) -> int:
         """Retry-After in seconds when nothing more precise is known."""
+
+@final
+class _LocalState:
+    """Opaque: what ``MaintenanceSwitch._local_state`` saved."""
 
 @final
 class MaintenanceStatus:

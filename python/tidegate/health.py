@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, TypedDict, TypeVar
 
+from tidegate._tidegate import process_draining
+
 __all__ = [
     "BreakerLike",
     "BreakerReport",
@@ -300,7 +302,9 @@ class HealthChecks:
 
         In order of precedence:
 
-        - draining (``maintenance.status().draining``): 503, reason ``"draining"``;
+        - draining (``maintenance.status().draining``, or the whole process through
+          :func:`tidegate.drain_process`, with or without ``maintenance``): 503, reason
+          ``"draining"``;
         - maintenance (``.active``): 200 with status ``"maintenance"`` so the load balancer keeps
           routing to the app's own maintenance page, or 503 with reason ``"maintenance"`` when
           ``fail_during_maintenance`` is on;
@@ -328,7 +332,8 @@ class HealthChecks:
         ``cache_ttl``), the longest ``retry_after`` of the open critical breakers, or
         ``cache_ttl`` for failing checks, rounded up.
         """
-        active = draining = False
+        active = False
+        draining = process_draining()
         status = None
         if maintenance is not None:
             probe = getattr(maintenance, "status", None)
@@ -339,7 +344,7 @@ class HealthChecks:
             status = probe()
             active = bool(status.active)
             # Tolerate a status object from before draining existed.
-            draining = bool(getattr(status, "draining", False))
+            draining = draining or bool(getattr(status, "draining", False))
         breakers = self._breaker_snapshot()
         body: ReadinessBody = {
             "status": "ready",

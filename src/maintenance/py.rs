@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString};
 
-use super::{Config, Maintenance, Notice, Status, MAX_DELAY};
-use crate::clock::{datetime_to_unix, unix_to_datetime, MAX_UNIX, MIN_UNIX};
-use crate::errors::{io_error, ArgError};
+use super::{Config, Maintenance, Notice, State, Status, MAX_DELAY};
+use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
+use crate::errors::{describe, io_error, type_name, ArgError};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
 
 /// Logs `message` as a warning on the `tidegate` logger. Never raises: a logging failure has
@@ -42,23 +42,8 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Given<'py> {
     }
 }
 
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "object".to_owned())
-}
-
-fn py_repr(value: &Bound<'_, PyAny>) -> String {
-    value
-        .repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| type_name(value))
-}
-
 fn str_repr(py: Python<'_>, text: &str) -> String {
-    py_repr(PyString::new(py, text).as_any())
+    describe(PyString::new(py, text).as_any())
 }
 
 fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf>, ArgError> {
@@ -91,7 +76,7 @@ fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf
     if absolute.file_name().is_none() || trailing_separator {
         return Err(ArgError::value(
             "state_file",
-            format!("must name a file, got {}", py_repr(value)),
+            format!("must name a file, got {}", describe(value)),
         ));
     }
     Ok(Some(absolute))
@@ -104,7 +89,7 @@ fn extract_local(value: Given<'_>) -> Result<bool, ArgError> {
     value
         .cast::<PyBool>()
         .map(|flag| flag.is_true())
-        .map_err(|_| ArgError::type_("local", format!("must be a bool, got {}", py_repr(&value))))
+        .map_err(|_| ArgError::type_("local", format!("must be a bool, got {}", describe(&value))))
 }
 
 fn extract_env_var(value: Given<'_>) -> Result<Option<String>, ArgError> {
@@ -126,7 +111,7 @@ fn extract_env_var(value: Given<'_>) -> Result<Option<String>, ArgError> {
             "env_var",
             format!(
                 "must be a non-empty name without '=' or NUL, got {}",
-                py_repr(&value)
+                describe(&value)
             ),
         ));
     }
@@ -196,32 +181,22 @@ fn extract_message(value: Option<&Bound<'_, PyAny>>) -> Result<Option<String>, A
     }
 }
 
-fn datetime_module_attr<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    py.import("datetime")?.getattr(name)
-}
-
 fn extract_until(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i64>> {
     let Some(value) = value else {
         return Ok(None);
     };
-    let datetime_type = datetime_module_attr(value.py(), "datetime")?;
-    if !value.is_instance(&datetime_type)? {
+    if !value.is_instance(&datetime_type(value.py(), "datetime")?)? {
         return Err(ArgError::type_(
             "until",
             format!("must be a datetime or None, got {}", type_name(value)),
         )
         .into());
     }
-    let unix = datetime_to_unix(value).map_err(|err| {
-        ArgError::value(
-            "until",
-            format!("cannot be converted: {}: {err}", py_repr(value)),
-        )
-    })?;
+    let unix = datetime_seconds(value, "until", false)?;
     if !(MIN_UNIX..=MAX_UNIX).contains(&unix) {
         return Err(ArgError::value(
             "until",
-            format!("is outside the years 1 to 9999 in UTC: {}", py_repr(value)),
+            format!("is outside the years 1 to 9999 in UTC: {}", describe(value)),
         )
         .into());
     }
@@ -232,13 +207,13 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
     let Some(value) = value else {
         return Ok(None);
     };
-    let timedelta_type = datetime_module_attr(value.py(), "timedelta")?;
+    let timedelta_type = datetime_type(value.py(), "timedelta")?;
     let seconds: i128 = if value.is_instance(&timedelta_type)? {
         let total: f64 = value.call_method0("total_seconds")?.extract()?;
         if !total.is_finite() || total < 0.0 {
             return Err(ArgError::value(
                 "retry_after",
-                format!("must not be negative, got {}", py_repr(value)),
+                format!("must not be negative, got {}", describe(value)),
             )
             .into());
         }
@@ -266,6 +241,24 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
     Ok(Some(
         u64::try_from(seconds).unwrap_or(MAX_DELAY).min(MAX_DELAY),
     ))
+}
+
+/// `tidegate.drain_process()`: readiness says draining in this process from now on.
+#[pyfunction(name = "drain_process")]
+pub fn drain_process_py() {
+    super::drain_process();
+}
+
+/// `tidegate.undrain_process()`: ends `drain_process()`.
+#[pyfunction(name = "undrain_process")]
+pub fn undrain_process_py() {
+    super::undrain_process();
+}
+
+/// `tidegate.process_draining()`: whether `drain_process()` is in effect.
+#[pyfunction(name = "process_draining")]
+pub fn process_draining_py() -> bool {
+    super::process_draining()
 }
 
 /// Maintenance mode and drain, shared by every request (and, through a state file, by every
@@ -323,24 +316,39 @@ impl MaintenanceSwitchPy {
         })
     }
 
-    #[pyo3(signature = (*, message=None, until=None, retry_after=None))]
+    #[pyo3(signature = (*, message=None, until=None, retry_after=None, local=false))]
     fn enable(
         &self,
         py: Python<'_>,
         message: Option<&Bound<'_, PyAny>>,
         until: Option<&Bound<'_, PyAny>>,
         retry_after: Option<&Bound<'_, PyAny>>,
+        local: bool,
     ) -> PyResult<()> {
         let notice = Notice {
             message: extract_message(message)?,
             until: extract_until(until)?,
             retry_after: extract_retry_after(retry_after)?,
         };
-        self.run(py, "write", move |core| core.enable(notice))
+        self.run(py, "write", move |core| core.enable(notice, local))
     }
 
-    fn disable(&self, py: Python<'_>) -> PyResult<()> {
-        self.run(py, "write", Maintenance::disable)
+    #[pyo3(signature = (*, local=false))]
+    fn disable(&self, py: Python<'_>, local: bool) -> PyResult<()> {
+        self.run(py, "write", move |core| core.disable(local))
+    }
+
+    /// This process's own maintenance, for `_restore_local` (the pytest plugin).
+    fn _local_state(&self) -> LocalStatePy {
+        LocalStatePy {
+            state: self.core.local_state(),
+        }
+    }
+
+    /// Puts back what `_local_state` returned; this process's own drain is left as it is.
+    #[pyo3(signature = (saved, /))]
+    fn _restore_local(&self, saved: &LocalStatePy) {
+        self.core.restore_local(saved.state.clone());
     }
 
     #[pyo3(signature = (*, local=Given(None)), text_signature = "($self, *, local=False)")]
@@ -412,6 +420,12 @@ impl MaintenanceSwitchPy {
             if self.core.draining() { "True" } else { "False" },
         )
     }
+}
+
+/// What `MaintenanceSwitch._local_state()` saved: opaque, only for `_restore_local`.
+#[pyclass(name = "_LocalState", module = "tidegate._tidegate", frozen)]
+pub struct LocalStatePy {
+    state: State,
 }
 
 /// A snapshot of a `MaintenanceSwitch`.

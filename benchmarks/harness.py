@@ -1,0 +1,462 @@
+"""What the Gunicorn benchmarks share: Gunicorn on a loopback port, and a closed-loop load
+generator that can prove it is not the bottleneck.
+
+The load generator runs in its own processes (``processes``), each driving its share of the
+keep-alive connections from one ``selectors`` loop over raw sockets. Closed loop: every
+connection has one request outstanding and sends the next as soon as the answer is in (or,
+with ``honour_retry_after``, once a 503's ``Retry-After`` has passed). Only answers completed
+inside the measured window count; latency runs from the request's first byte sent to its last
+byte received. Each client process reports the CPU time it used in the window, and the server
+worker's CPU time is read from ``/proc``, so every run can say which side was saturated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import math
+import multiprocessing
+import os
+import platform
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+
+# Several servers run side by side: none may claim Gunicorn's shared control socket (a setting
+# older Gunicorns do not know, and ignore when it comes from a config file).
+_CONFIG = "control_socket_disable = True\n"
+
+
+# -- Gunicorn on a loopback port -------------------------------------------------------------
+
+
+class Gunicorn:
+    """``python -m gunicorn`` serving ``app`` (``module:callable`` from this directory) with
+    one worker of the given class, bound to a loopback socket chosen and bound here."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        worker_class: str = "gthread",
+        threads: int = 64,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.worker_class = worker_class
+        self.threads = threads
+        self.workers = workers
+        self.env = env or {}
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="tidegate-bench-")
+        self._log = Path(self._dir.name) / "gunicorn.log"
+
+    def start(self) -> None:
+        config = Path(self._dir.name) / "gunicorn_conf.py"
+        config.write_text(_CONFIG)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind((HOST, 0))
+            listener.listen(1024)
+            self.port = listener.getsockname()[1]
+            listener.set_inheritable(True)
+            command = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                f"--bind=fd://{listener.fileno()}",
+                f"--config={config}",
+                f"--chdir={BENCH_DIR}",
+                f"--worker-class={self.worker_class}",
+                f"--workers={self.workers}",
+                f"--threads={self.threads}",
+                "--log-level=warning",
+                self.app,
+            ]
+            env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+            env.update(self.env)
+            with open(self._log, "wb") as log:
+                self._proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    pass_fds=[listener.fileno()],
+                    start_new_session=True,
+                )
+        finally:
+            listener.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Returns once the worker answers HTTP at all (any status will do)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc is None or self._proc.poll() is not None:
+                raise RuntimeError(f"gunicorn {self.app} exited:\n{self.output()}")
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2.0)
+            try:
+                conn.request("GET", "/health/live")
+                conn.getresponse().read()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn {self.app} not ready:\n{self.output()}") from None
+                time.sleep(0.05)
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5.0)
+        self._dir.cleanup()
+
+    def output(self) -> str:
+        try:
+            return self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def worker_cpu(self) -> float | None:
+        """CPU seconds used so far by this server's worker processes (Linux ``/proc``)."""
+        if self._proc is None:
+            return None
+        return _children_cpu(self._proc.pid)
+
+
+@contextlib.contextmanager
+def gunicorn_servers(servers: Sequence[Gunicorn]) -> Iterator[None]:
+    """Starts every server at once (they boot in parallel), waits for all, stops all."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _children_cpu(parent: int) -> float | None:
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, ... utime is field 14, stime 15 (1-based).
+        if int(fields[1]) == parent:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+# -- closed-loop load --------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What a closed-loop run saw inside its measured window."""
+
+    window: float
+    connections: int
+    processes: int
+    latencies: dict[int, list[float]] = field(default_factory=dict)
+    client_cpu: float = 0.0
+    server_cpu: float | None = None
+    reconnects: int = 0
+    errors: int = 0
+
+    def count(self, status: int | None = None) -> int:
+        if status is None:
+            return sum(len(values) for values in self.latencies.values())
+        return len(self.latencies.get(status, ()))
+
+    def rate(self, status: int | None = None) -> float:
+        """Answers per second (with that status, or all)."""
+        return self.count(status) / self.window
+
+    def percentile_ms(self, status: int, q: float) -> float | None:
+        """Nearest-rank percentile of the latencies of answers with ``status``, in ms."""
+        values = sorted(self.latencies.get(status, ()))
+        if not values:
+            return None
+        return values[max(0, math.ceil(q / 100 * len(values)) - 1)] * 1000
+
+    def client_cpu_share(self) -> float:
+        """Fraction of one core each client process used, on average."""
+        return self.client_cpu / self.window / self.processes
+
+    def client_us_per_answer(self) -> float:
+        total = self.count()
+        return self.client_cpu / total * 1e6 if total else math.inf
+
+    def server_cpu_share(self) -> float | None:
+        """Cores the server's worker used (1.0 is one core busy all the window)."""
+        return None if self.server_cpu is None else self.server_cpu / self.window
+
+    def server_us_per_answer(self) -> float | None:
+        total = self.count()
+        return None if self.server_cpu is None or not total else self.server_cpu / total * 1e6
+
+
+def closed_loop(
+    server: Gunicorn,
+    path: str,
+    *,
+    connections: int,
+    processes: int,
+    warmup: float,
+    duration: float,
+    honour_retry_after: bool = False,
+) -> Load:
+    """Drives ``GET path`` on ``connections`` keep-alive connections for ``warmup`` seconds,
+    then measures for ``duration`` seconds."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{server.port}\r\n\r\n".encode()
+    context = (
+        multiprocessing.get_context("fork")
+        if "fork" in multiprocessing.get_all_start_methods()
+        else multiprocessing.get_context("spawn")
+    )
+    shares = [connections // processes + (i < connections % processes) for i in range(processes)]
+    # Every client process connects first; all start together once the last is connected.
+    barrier = context.Barrier(processes + 1)
+    pipes = []
+    children = []
+    for share in shares:
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_client,
+            args=(
+                server.port,
+                request,
+                share,
+                barrier,
+                warmup,
+                duration,
+                honour_retry_after,
+                sender,
+            ),
+            daemon=True,
+        )
+        child.start()
+        sender.close()
+        pipes.append(receiver)
+        children.append(child)
+    barrier.wait(timeout=60.0)
+    start = time.monotonic()
+    _sleep_until(start + warmup)
+    server_before = server.worker_cpu()
+    _sleep_until(start + warmup + duration)
+    server_after = server.worker_cpu()
+    load = Load(window=duration, connections=connections, processes=processes)
+    if server_before is not None and server_after is not None:
+        load.server_cpu = server_after - server_before
+    for receiver, child in zip(pipes, children):
+        try:
+            report = receiver.recv()
+        except EOFError:
+            raise RuntimeError("a load-generator process failed (its traceback is above)") from None
+        child.join()
+        for status, raw in report["latencies"].items():
+            values = array("d")
+            values.frombytes(raw)
+            load.latencies.setdefault(status, []).extend(values)
+        load.client_cpu += report["cpu"]
+        load.reconnects += report["reconnects"]
+        load.errors += report["errors"]
+    return load
+
+
+def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+class _Client:
+    __slots__ = ("buffer", "due", "sent_at", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.buffer = bytearray()
+        self.sent_at = 0.0
+        self.due = 0.0
+
+
+def _client(
+    port: int,
+    request: bytes,
+    connections: int,
+    barrier: Barrier,
+    warmup: float,
+    duration: float,
+    honour_retry_after: bool,
+    out: Connection,
+) -> None:
+    """One load-generator process: ``connections`` closed-loop clients on one selector."""
+    selector = selectors.DefaultSelector()
+    latencies: dict[int, array[float]] = {}
+    reconnects = errors = 0
+    cpu_begin: float | None = None
+    sleeping: list[_Client] = []
+
+    def connect(client: _Client) -> None:
+        if client.sock is not None:
+            selector.unregister(client.sock)
+            client.sock.close()
+        sock = socket.create_connection((HOST, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.sock = sock
+        client.buffer.clear()
+        selector.register(sock, selectors.EVENT_READ, client)
+
+    def send(client: _Client, now: float) -> None:
+        nonlocal errors, reconnects
+        client.sent_at = now
+        for _attempt in range(3):
+            try:
+                assert client.sock is not None
+                client.sock.sendall(request)
+                return
+            except OSError:
+                reconnects += 1
+                try:
+                    connect(client)
+                except OSError:
+                    errors += 1
+                    time.sleep(0.01)
+        raise RuntimeError("the server does not accept connections")
+
+    clients = [_Client() for _ in range(connections)]
+    for client in clients:
+        connect(client)
+    barrier.wait(timeout=60.0)
+    now = time.monotonic()
+    begin, end = now + warmup, now + warmup + duration
+    for client in clients:
+        send(client, now)
+
+    while now < end:
+        if cpu_begin is None and now >= begin:
+            cpu_begin = time.process_time()
+        timeout = (end if cpu_begin is not None else begin) - now
+        if sleeping:
+            timeout = min(timeout, min(client.due for client in sleeping) - now)
+        for key, _events in selector.select(max(0.0, timeout)):
+            client = key.data
+            assert client.sock is not None
+            try:
+                data = client.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                # The server closed the connection: send the request again on a new one,
+                # timed from its first attempt.
+                reconnects += 1
+                connect(client)
+                if client not in sleeping:
+                    send(client, client.sent_at)
+                continue
+            buffer = client.buffer
+            buffer += data
+            head_end = buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                continue
+            head = bytes(buffer[:head_end]).lower()
+            length = _header(head, b"content-length")
+            if length is None:
+                raise RuntimeError(f"an answer without Content-Length: {head!r}")
+            if len(buffer) < head_end + 4 + int(length):
+                continue
+            done = time.monotonic()
+            status = int(head[9:12])
+            if done >= begin:
+                latencies.setdefault(status, array("d")).append(done - client.sent_at)
+            del buffer[: head_end + 4 + int(length)]
+            if _header(head, b"connection") == b"close":
+                reconnects += 1
+                connect(client)
+            retry_after = _header(head, b"retry-after") if honour_retry_after else None
+            if status == 503 and retry_after is not None and retry_after.isdigit():
+                client.due = done + int(retry_after)
+                sleeping.append(client)
+            else:
+                send(client, done)
+        now = time.monotonic()
+        if sleeping:
+            awake = [client for client in sleeping if client.due <= now]
+            if awake:
+                sleeping = [client for client in sleeping if client.due > now]
+                for client in awake:
+                    send(client, now)
+
+    cpu = time.process_time() - cpu_begin if cpu_begin is not None else 0.0
+    for client in clients:
+        if client.sock is not None:
+            client.sock.close()
+    out.send(
+        {
+            "latencies": {status: values.tobytes() for status, values in latencies.items()},
+            "cpu": cpu,
+            "reconnects": reconnects,
+            "errors": errors,
+        }
+    )
+    out.close()
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` in a lower-cased response head, or None."""
+    at = head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return None
+    value_start = at + len(name) + 3
+    value_end = head.find(b"\r\n", value_start)
+    return head[value_start : value_end if value_end >= 0 else len(head)].strip()
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    return (
+        f"Python {platform.python_version()}, Gunicorn {version('gunicorn')}, "
+        f"tidegate {version('tidegate')}, {os.cpu_count()} CPUs, {platform.system()}"
+    )
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

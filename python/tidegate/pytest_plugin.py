@@ -1,0 +1,175 @@
+"""pytest fixtures that put an app in maintenance, at capacity or draining for one test, then
+undo it.
+
+The plugin comes with tidegate (entry point ``pytest11``), so the fixtures are there in every
+test session. With plugin autoloading off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), load it with
+``-p tidegate`` or ``-p tidegate.pytest_plugin``.
+
+A target is a :class:`~tidegate.MaintenanceSwitch` or :class:`~tidegate.CapacityGate`, a
+:class:`~tidegate.wsgi.TideGateMiddleware`, or a Flask app with the
+:class:`~tidegate.flask.TideGate` extension (``app.extensions["tidegate"]``)::
+
+    def test_the_maintenance_page(app, client, tidegate_maintenance):
+        tidegate_maintenance(app, message="Back at noon")
+        assert client.get("/").status_code == 503
+
+    def test_overload(app, client, tidegate_at_capacity):
+        tidegate_at_capacity(app)
+        assert client.get("/").headers["Retry-After"]
+
+Maintenance goes on in this process only (``enable(local=True)``): a state file is never
+written, so other processes sharing it see nothing and a test killed halfway leaves nothing
+behind. This process's own maintenance outranks the file's, so the app shows the fixture's
+message. At teardown the switch's own maintenance is put back exactly as it was (message, end
+estimate, Retry-After); the file and the environment variable were never touched, so whatever
+they say still holds.
+
+At capacity takes every free permit of the gate (its ``limit`` when nothing is in flight) and
+releases them at teardown. The gate's ``admitted`` and ``peak`` counters count those permits.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import pytest
+
+from tidegate._tidegate import (
+    CapacityGate,
+    MaintenanceSwitch,
+    Permit,
+    drain_process,
+    process_draining,
+    undrain_process,
+)
+
+__all__ = [
+    "CapacityFixture",
+    "MaintenanceFixture",
+    "tidegate_at_capacity",
+    "tidegate_draining",
+    "tidegate_maintenance",
+]
+
+#: The name of the ``pytest11`` entry point, and the module's own.
+_PLUGIN_NAMES = ("tidegate", __name__)
+
+_T = TypeVar("_T")
+
+
+class MaintenanceFixture(Protocol):
+    """The ``tidegate_maintenance`` fixture: switches maintenance on for the test and returns
+    the switch. The keyword arguments are those of ``MaintenanceSwitch.enable``."""
+
+    def __call__(
+        self,
+        target: object,
+        *,
+        message: str | None = None,
+        until: datetime | None = None,
+        retry_after: int | timedelta | None = None,
+    ) -> MaintenanceSwitch: ...
+
+
+class CapacityFixture(Protocol):
+    """The ``tidegate_at_capacity`` fixture: takes every free permit for the test and returns
+    the gate."""
+
+    def __call__(self, target: object) -> CapacityGate: ...
+
+
+@pytest.fixture
+def tidegate_maintenance() -> Iterator[MaintenanceFixture]:
+    """Puts a target in maintenance for this test (see the module documentation)."""
+    saved: list[tuple[MaintenanceSwitch, Any]] = []
+
+    def enable(
+        target: object,
+        *,
+        message: str | None = None,
+        until: datetime | None = None,
+        retry_after: int | timedelta | None = None,
+    ) -> MaintenanceSwitch:
+        switch = _find(target, "maintenance", MaintenanceSwitch, "maintenance switch")
+        before = switch._local_state()
+        switch.enable(message=message, until=until, retry_after=retry_after, local=True)
+        saved.append((switch, before))
+        return switch
+
+    try:
+        yield enable
+    finally:
+        # Newest first, so a switch enabled twice ends as it was before the first call.
+        for switch, before in reversed(saved):
+            switch._restore_local(before)
+
+
+@pytest.fixture
+def tidegate_at_capacity() -> Iterator[CapacityFixture]:
+    """Puts a target at capacity for this test (see the module documentation)."""
+    held: list[Permit] = []
+
+    def fill(target: object) -> CapacityGate:
+        gate = _find(target, "gate", CapacityGate, "capacity gate")
+        while (permit := gate.try_acquire()) is not None:
+            held.append(permit)
+        return gate
+
+    try:
+        yield fill
+    finally:
+        for permit in held:
+            permit.release()
+
+
+@pytest.fixture
+def tidegate_draining() -> Iterator[None]:
+    """Makes this process drain for the test (:func:`tidegate.drain_process`): readiness
+    answers 503 with reason ``"draining"`` while requests are served. A drain already in
+    effect before the test stays."""
+    already = process_draining()
+    drain_process()
+    try:
+        yield
+    finally:
+        if not already:
+            undrain_process()
+
+
+def _find(target: object, attribute: str, kind: type[_T], what: str) -> _T:
+    """The switch or gate ``target`` is, or the one its middleware or Flask app uses."""
+    if isinstance(target, kind):
+        return target
+    owner = target
+    extensions = getattr(target, "extensions", None)
+    if isinstance(extensions, dict):
+        owner = extensions.get("tidegate")
+        if owner is None:
+            raise TypeError(
+                f"target: {target!r} has no tidegate extension; "
+                "register it with TideGate(app) or TideGate().init_app(app)"
+            )
+    found = getattr(owner, attribute, None)
+    if isinstance(found, kind):
+        return found
+    if hasattr(owner, "maintenance") and hasattr(owner, "gate"):
+        option = "maintenance=" if attribute == "maintenance" else "limit= or gate="
+        raise ValueError(f"target: {target!r} has no {what}; configure it with {option}")
+    raise TypeError(
+        f"target: expected a {kind.__name__}, a TideGateMiddleware or a Flask app with "
+        f"TideGate, got {target!r}"
+    )
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Registered under one of its two names (the entry point's when autoloaded; the module's
+    with ``-p tidegate.pytest_plugin`` or ``pytest_plugins``), block the other, which would
+    otherwise register this module a second time: pytest refuses that with an error."""
+    if plugin is not sys.modules[__name__]:
+        return
+    for name in _PLUGIN_NAMES:
+        if not manager.has_plugin(name) and not manager.is_blocked(name):
+            manager.set_blocked(name)

@@ -1,0 +1,60 @@
+"""The Gunicorn benchmarks run end to end: each starts its servers, drives them, prints its
+table and exits 0 in ``--quick`` mode. Their numbers are not asserted: they are measurements
+for a quiet machine, not facts a test run can rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytestmark = pytest.mark.server
+
+
+def run_quick(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def table_row(output: str, label: str) -> list[str]:
+    """The cells of the table row that starts with ``label``."""
+    for line in output.splitlines():
+        if line.startswith(label):
+            return line[len(label) :].split()
+    raise AssertionError(f"no row {label!r} in:\n{output}")
+
+
+def test_overload_prints_both_cases_and_the_targets() -> None:
+    output = run_quick("overload.py")
+    assert "ungated" in output and "gated, retry at once" in output
+    assert "gated, honour Retry-After" in output
+    successes = table_row(output, "successes/s")
+    assert len(successes) == 3 and all(float(cell) > 0 for cell in successes)
+    sheds = table_row(output, "503s/s")
+    assert sheds[0] == "0" and float(sheds[1]) > 0
+    assert table_row(output, "503 p90 ms")[0] == "-"
+    assert output.count("target <=") + output.count("target >=") == 6
+    assert "Load generator:" in output
+    last = output.rstrip().splitlines()[-1]
+    assert last == "targets met" or last.startswith("TARGETS MISSED: gated")
+
+
+def test_gunicorn_cost_prints_every_candidate() -> None:
+    output = run_quick("gunicorn_cost.py")
+    for label in ("bare app", "tidegate, admitted", "static 503", "tidegate, shedding"):
+        cells = table_row(output, label)
+        assert len(cells) == 6 and float(cells[0]) > 0
+    assert "x the throughput of the bare app" in output
+    assert "x the throughput of the static 503" in output
+    assert "Load generator at the busiest run" in output

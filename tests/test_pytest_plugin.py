@@ -1,0 +1,253 @@
+"""The pytest plugin: generated test files use the fixtures against a Flask app and a WSGI
+middleware, and the tests after them see the apps as they were."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import RecordingApp, call
+from flask import Flask
+
+from tidegate import CapacityGate, MaintenanceSwitch, process_draining
+from tidegate.pytest_plugin import CapacityFixture, MaintenanceFixture
+from tidegate.wsgi import TideGateMiddleware
+
+# The plugin is also autoloaded through its entry point: naming it here must be harmless.
+pytest_plugins = ["pytester", "tidegate.pytest_plugin"]
+
+APPS = """
+from flask import Flask
+
+from tidegate import HealthChecks, MaintenanceSwitch
+from tidegate.flask import TideGate
+from tidegate.wsgi import TideGateMiddleware
+
+STATE = {state!r}
+
+flask_app = Flask(__name__)
+
+
+@flask_app.get("/")
+def index():
+    return "hello"
+
+
+TideGate(flask_app, limit=2, maintenance=MaintenanceSwitch(env_var=None))
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+middleware = TideGateMiddleware(
+    hello, limit=3, maintenance=STATE, health=HealthChecks()
+)
+observer = MaintenanceSwitch(STATE, env_var=None, poll_interval=0)
+
+
+def get(app, path="/"):
+    seen = []
+    body = b"".join(app({{"REQUEST_METHOD": "GET", "PATH_INFO": path}},
+                        lambda status, headers, exc_info=None: seen.extend([status, headers])))
+    status, headers = seen
+    return int(status.split()[0]), dict(headers), body
+"""
+
+USES = """
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from apps import STATE, flask_app, get, middleware, observer
+
+
+def test_flask_in_maintenance(tidegate_maintenance):
+    switch = tidegate_maintenance(flask_app, message="Back at noon", retry_after=120)
+    assert switch is flask_app.extensions["tidegate"].maintenance
+    reply = flask_app.test_client().get("/")
+    assert reply.status_code == 503
+    assert reply.headers["Retry-After"] == "120"
+    assert reply.get_json()["reason"] == "maintenance"
+    assert reply.get_json()["message"] == "Back at noon"
+
+
+def test_flask_at_capacity(tidegate_at_capacity):
+    gate = tidegate_at_capacity(flask_app)
+    assert gate.in_flight == gate.limit == 2
+    reply = flask_app.test_client().get("/")
+    assert reply.status_code == 503
+    assert reply.get_json()["reason"] == "overload"
+
+
+def test_middleware_in_maintenance_leaves_the_state_file_alone(tidegate_maintenance):
+    before = Path(STATE).read_bytes()
+    until = datetime.now(timezone.utc) + timedelta(hours=1)
+    tidegate_maintenance(middleware, message="upgrading", until=until)
+    status, headers, body = get(middleware)
+    assert status == 503
+    assert json.loads(body)["message"] == "upgrading"
+    assert 3590 <= int(headers["Retry-After"]) <= 3600
+    assert get(middleware, "/health")[0] == 200, "maintenance is not a drain"
+    assert Path(STATE).read_bytes() == before
+    assert not observer.active, "another switch on the file saw it"
+
+
+def test_middleware_at_capacity_and_both_fixtures_at_once(
+    tidegate_at_capacity, tidegate_maintenance
+):
+    tidegate_at_capacity(middleware)
+    status, _, body = get(middleware)
+    assert (status, json.loads(body)["reason"]) == (503, "overload")
+    tidegate_maintenance(middleware.maintenance)
+    assert json.loads(get(middleware)[2])["reason"] == "maintenance"
+
+
+def test_a_failing_test_is_undone_too(tidegate_maintenance, tidegate_at_capacity):
+    tidegate_maintenance(flask_app)
+    tidegate_at_capacity(middleware)
+    raise AssertionError("on purpose")
+
+
+def test_draining(tidegate_draining):
+    status, _, body = get(middleware, "/health")
+    assert (status, json.loads(body)["reason"]) == (503, "draining")
+    assert get(middleware)[0] == 200
+
+
+def test_afterwards_everything_is_as_before():
+    assert flask_app.test_client().get("/").status_code == 200
+    assert flask_app.extensions["tidegate"].gate.in_flight == 0
+    assert get(middleware) == (200, {{"Content-Type": "text/plain"}}, b"hello")
+    assert middleware.gate.in_flight == 0
+    assert not middleware.maintenance.active
+    assert get(middleware, "/health")[0] == 200
+    assert Path(STATE).read_text() == {file_text!r}
+"""
+
+FILE_TEXT = '{"active": false, "message": "left as it was"}'
+
+
+@pytest.fixture
+def generated(pytester: pytest.Pytester) -> pytest.Pytester:
+    state = pytester.path / "state.json"
+    state.write_text(FILE_TEXT)
+    pytester.makepyfile(
+        apps=APPS.format(state=str(state)),
+        test_uses=USES.format(file_text=FILE_TEXT),
+    )
+    return pytester
+
+
+def assert_ran_as_expected(result: pytest.RunResult) -> None:
+    result.assert_outcomes(passed=6, failed=1)
+    result.stdout.fnmatch_lines(["FAILED *::test_a_failing_test_is_undone_too - AssertionError*"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["-p", "tidegate.pytest_plugin"], ["-p", "tidegate"]],
+    ids=["autoloaded", "-p module", "-p entry point"],
+)
+def test_generated_tests_use_the_fixtures_and_leave_no_trace(
+    generated: pytest.Pytester, args: list[str]
+) -> None:
+    assert_ran_as_expected(generated.runpytest(*args))
+
+
+@pytest.mark.parametrize("plugin", ["tidegate.pytest_plugin", "tidegate"])
+def test_without_autoloading_it_loads_with_p(
+    generated: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin: str
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert_ran_as_expected(generated.runpytest("-p", plugin))
+    unloaded = generated.runpytest()
+    unloaded.stdout.fnmatch_lines(["*fixture 'tidegate_maintenance' not found*"])
+
+
+def test_a_previous_local_maintenance_comes_back_exactly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from tidegate import MaintenanceSwitch
+
+        switch = MaintenanceSwitch(env_var=None)
+        switch.enable(message="earlier", retry_after=33)
+        before = repr(switch.status())
+
+
+        def test_twice(tidegate_maintenance):
+            tidegate_maintenance(switch, message="first")
+            tidegate_maintenance(switch, message="second", retry_after=1)
+            assert switch.status().message == "second"
+
+
+        def test_after():
+            assert repr(switch.status()) == before
+            assert switch.status().retry_after.delay() == 33
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+# -- the fixtures in this session, and what they refuse ----------------------------------------
+
+
+def test_targets_are_found_on_switches_middlewares_and_flask_apps(
+    tidegate_maintenance: MaintenanceFixture,
+    tidegate_at_capacity: CapacityFixture,
+    recording_app: RecordingApp,
+) -> None:
+    gate = CapacityGate(2)
+    switch = MaintenanceSwitch(env_var=None)
+    assert tidegate_at_capacity(gate) is gate
+    assert tidegate_maintenance(switch) is switch
+    middleware = TideGateMiddleware(recording_app, gate=CapacityGate(1), maintenance=switch)
+    assert tidegate_at_capacity(middleware) is middleware.gate
+    assert call(middleware, "/").json()["reason"] == "maintenance"
+
+
+def test_a_target_without_the_part_is_a_clear_error(
+    tidegate_maintenance: MaintenanceFixture,
+    tidegate_at_capacity: CapacityFixture,
+    recording_app: RecordingApp,
+) -> None:
+    bare = TideGateMiddleware(recording_app)
+    with pytest.raises(ValueError, match=r"^target: .* has no maintenance switch; .*maintenance="):
+        tidegate_maintenance(bare)
+    with pytest.raises(ValueError, match=r"^target: .* has no capacity gate; .*limit= or gate="):
+        tidegate_at_capacity(bare)
+    with pytest.raises(TypeError, match=r"^target: .* has no tidegate extension"):
+        tidegate_maintenance(Flask(__name__))
+    with pytest.raises(TypeError, match=re.escape("target: expected a CapacityGate")):
+        tidegate_at_capacity(MaintenanceSwitch(env_var=None))
+    with pytest.raises(TypeError, match="message"):
+        tidegate_maintenance(MaintenanceSwitch(env_var=None), message=3)  # type: ignore[arg-type]
+
+
+def test_the_draining_fixture_keeps_a_drain_that_was_there(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from tidegate import drain_process, process_draining, undrain_process
+
+
+        def test_drained(tidegate_draining):
+            assert process_draining()
+
+
+        def test_then_not():
+            assert not process_draining()
+            drain_process()
+
+
+        def test_drained_again(tidegate_draining):
+            assert process_draining()
+
+
+        def test_still_drained():
+            assert process_draining()
+            undrain_process()
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=4)
+    assert not process_draining()
