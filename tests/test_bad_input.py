@@ -7,9 +7,12 @@ date; regenerate it with ``python tests/test_bad_input.py``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -598,6 +601,149 @@ CONFIGURATION: dict[str, list[Row]] = {
         ),
         Row("TideGate().exempt(5)", "TypeError: exempt: expected a view function, got 5"),
     ],
+    "CLI (tidegate)": [
+        Row(
+            "result = cli()",
+            (
+                "exit 2: tidegate: error: choose a command: maintenance, drain, page or demo "
+                "(see tidegate --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --state is required (or set "
+                "TIDEGATE_STATE_FILE) (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'sideways', '--state', 'STATE')",
+            (
+                "exit 2: tidegate maintenance: error: argument ACTION: invalid choice: "
+                "'sideways' (choose from 'on', 'off', 'status') (see tidegate maintenance "
+                "--help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--for', '2x')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --for: not a duration: '2x' "
+                "(use e.g. 90s, 15m, 2h, 1h30m or 1d) (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--for', '0s')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --for: must be longer than "
+                "zero, got '0s' (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--for', '-5m')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --for: expected one argument "
+                "(see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--for=-5m')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --for: not a duration: '-5m' "
+                "(use e.g. 90s, 15m, 2h, 1h30m or 1d) (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--for', '9' * 30 + 'd')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --for: duration too long: "
+                "'999999999999999999999999999999d' (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--until', 'tomorrow')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --until: not an ISO-8"
+                "601 date "
+                "and time: 'tomorrow' (e.g. 2030-01-01T12:00:00Z) (see tidegate maintenance on "
+                "--help)"
+            ),
+        ),
+        Row(
+            (
+                "result = cli('maintenance', 'on', '--state', 'STATE', '--until', "
+                "'2000-01-01T00:00Z')"
+            ),
+            (
+                "exit 2: tidegate maintenance on: error: argument --until: '2000-01-01T00:00Z' "
+                "is in the past (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            (
+                "result = cli('maintenance', 'on', '--state', 'STATE', '--for', '2h', "
+                "'--until', '2999-01-01T00:00Z')"
+            ),
+            (
+                "exit 2: tidegate maintenance on: error: argument --until: not allowed with "
+                "argument --for (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--retry-after', 'soon')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --retry-after: not a "
+                "duration: 'soon' (use e.g. 90s, 15m, 2h, 1h30m or 1d) (see tidegate "
+                "maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--message', '\\udcff')",
+            "exit 0",
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'FOLDER')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --state: FOLDER is a folder; "
+                "name a file in it (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'FOLDER/missing/state.json')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --state: FOLDER/missing does "
+                "not exist (see tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'status', '--state', 'GARBAGE')",
+            (
+                "exit 1: tidegate: error: maintenance state file GARBAGE is not a valid state "
+                "file: key must be a string at line 1 column 3; keeping the last good state"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', 'javascript:alert(1)')",
+            (
+                "exit 2: tidegate page: error: argument --status-url: must start with h"
+                "ttps://, "
+                "http:// or /, got 'javascript:alert(1)' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--template', 'FOLDER/none.html')",
+            (
+                "exit 2: tidegate page: error: argument --template: cannot read it: [Errno 2] "
+                "No such file or directory: 'FOLDER/none.html' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--template', 'TEMPLATE')",
+            (
+                "exit 2: tidegate page: error: argument --template: bad placeholder ('mesage') "
+                "(see tidegate page --help)"
+            ),
+        ),
+    ],
 }
 
 # -- client input -------------------------------------------------------------------------
@@ -1029,6 +1175,39 @@ def state_file_says(content: str | bytes = "", *, directory: bool = False) -> st
     return state + (f"; logs: {said[0]}" if said else "; logs nothing")
 
 
+def cli(*argv: str) -> str:
+    """``tidegate *argv`` run in-process with ``TIDEGATE_STATE_FILE`` unset, as its exit code
+    and what it wrote to stderr. In ``argv`` and the output, ``FOLDER`` is a fresh folder,
+    ``STATE`` a state file not yet written in it, ``GARBAGE`` a file holding ``{ half`` and
+    ``TEMPLATE`` one holding ``<p>$mesage</p>``."""
+    from tidegate.cli import main
+
+    with tempfile.TemporaryDirectory() as folder:
+        places = {
+            "TEMPLATE": str(Path(folder) / "page.html"),
+            "GARBAGE": str(Path(folder) / "garbage.json"),
+            "STATE": str(Path(folder) / "state.json"),
+            "FOLDER": folder,
+        }
+        Path(places["GARBAGE"]).write_text("{ half")
+        Path(places["TEMPLATE"]).write_text("<p>$mesage</p>")
+        args = list(argv)
+        for name, place in places.items():
+            args = [arg.replace(name, place) for arg in args]
+        err, out = io.StringIO(), io.StringIO()
+        saved = os.environ.pop("TIDEGATE_STATE_FILE", None)
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                code = main(args)
+        finally:
+            if saved is not None:
+                os.environ["TIDEGATE_STATE_FILE"] = saved
+        said = err.getvalue().strip()
+        for name, place in places.items():
+            said = said.replace(place, name)
+    return f"exit {code}" + (f": {said}" if said else "")
+
+
 def namespace() -> dict[str, Any]:
     from flask import Flask
 
@@ -1051,6 +1230,7 @@ def namespace() -> dict[str, Any]:
         "full_gate_request": full_gate_request,
         "parse": parse,
         "state_file_says": state_file_says,
+        "cli": cli,
     }
 
 
@@ -1100,11 +1280,15 @@ exception and its message, or what happens instead. The rules the rows show:
   than HTML, not a health route).
 - A bad maintenance state file never raises: the last good state stands and one warning is
   logged, quoting at most a short excerpt of the file.
-
-The package has no command-line interface yet, so there is no CLI section.
+- The `tidegate` command answers a bad argument with exit status 2 and one line on stderr
+  that names the option; a state file it cannot read, with exit status 1.
 """
 
 SECTION_NOTES = {
+    "CLI (tidegate)": "`cli(*argv)` runs `tidegate *argv` in-process and shows its exit status "
+    "and what it wrote to stderr. `FOLDER` is a fresh folder, `STATE` a state file not yet "
+    "written in it, `GARBAGE` a file holding `{ half`, `TEMPLATE` one holding "
+    "`<p>$mesage</p>`.",
     "TideGate (Flask)": "`flask_app` is a fresh `Flask` app. Options read from "
     "`app.config` are checked exactly like constructor arguments.",
     "Accept": "`maintenance_request(**environ)` sends one request to a `TideGateMiddleware` "
