@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -114,40 +114,52 @@ impl MiddlewareCore {
             .map_err(|_| PyRuntimeError::new_err("the middleware is already configured"))
     }
 
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        environ: &Bound<'_, PyAny>,
-        start_response: &Bound<'_, PyAny>,
-    ) -> PyResult<Py<PyAny>> {
+    /// The WSGI call. It takes the arguments as the tuple the server built, so the same tuple
+    /// goes on to the app without building another one per request.
+    #[pyo3(signature = (*args))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         let Some(config) = self.config.get() else {
             return Err(PyRuntimeError::new_err("the middleware was not configured"));
         };
+        if args.len() != 2 {
+            return Err(PyTypeError::new_err(format!(
+                "a WSGI app takes (environ, start_response), got {} arguments",
+                args.len()
+            )));
+        }
+        let environ = args.get_borrowed_item(0)?;
         let environ_dict = environ.cast::<PyDict>().ok();
         // Only a str can name a route (and an unhashable value must not raise here).
-        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))?
+        if let Some(path) = lookup(&environ, environ_dict.as_deref(), intern!(py, "PATH_INFO"))?
             .filter(|path| path.is_instance_of::<PyString>())
         {
             if let Some(route) = config.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
-                    return self.call_app(py, config, environ, start_response);
+                    return self.call_app(py, config, args);
                 }
-                return route.call1((environ, start_response)).map(Bound::unbind);
+                return route.call(args, None).map(Bound::unbind);
             }
         }
         if config.maintenance.as_ref().is_some_and(|m| m.active()) {
-            let reply = config.on_maintenance.call1(py, (environ, start_response))?;
-            if !reply.is_none(py) {
-                return Ok(reply);
+            let reply = config.on_maintenance.bind(py).call(args, None)?;
+            if !reply.is_none() {
+                return Ok(reply.unbind());
             }
         }
         let Some(gate) = &config.gate else {
-            return self.call_app(py, config, environ, start_response);
+            return self.call_app(py, config, args);
         };
         if !gate.try_acquire() {
-            return self.shed(py, config, environ, environ_dict, start_response);
+            let start_response = args.get_borrowed_item(1)?;
+            return self.shed(
+                py,
+                config,
+                &environ,
+                environ_dict.as_deref(),
+                &start_response,
+            );
         }
-        match self.call_app(py, config, environ, start_response) {
+        match self.call_app(py, config, args) {
             Ok(body) => {
                 let closing = ClosingBody {
                     inner: body,
@@ -170,14 +182,16 @@ impl MiddlewareCore {
         &self,
         py: Python<'_>,
         config: &Config,
-        environ: &Bound<'_, PyAny>,
-        start_response: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<PyAny>> {
-        match config.app.call1(py, (environ, start_response)) {
-            Ok(body) => Ok(body),
-            Err(err) if err.is_instance(py, config.dependency_error.bind(py)) => config
-                .on_dependency
-                .call1(py, (environ, start_response, err.value(py))),
+        match config.app.bind(py).call(args, None) {
+            Ok(body) => Ok(body.unbind()),
+            Err(err) if err.is_instance(py, config.dependency_error.bind(py)) => {
+                let (environ, start_response) = (args.get_item(0)?, args.get_item(1)?);
+                config
+                    .on_dependency
+                    .call1(py, (environ, start_response, err.value(py)))
+            }
             Err(err) => Err(err),
         }
     }

@@ -552,3 +552,10 @@ def test_an_open_breaker_on_an_exempt_path_is_still_a_dependency_503() -> None:
     reply = call(mw, "/ping")
     assert reply.code == 503 and reply.json()["reason"] == "dependency"
     assert mw.gate.admitted == 0, "exempt paths take no permit"
+
+
+def test_a_call_with_the_wrong_arguments_is_a_type_error(recording_app: RecordingApp) -> None:
+    mw = TideGateMiddleware(recording_app, limit=1)
+    with pytest.raises(TypeError, match="environ, start_response"):
+        mw(environ_for("/"))  # type: ignore[call-arg]
+    assert mw.gate.in_flight == 0
