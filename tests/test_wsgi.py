@@ -140,19 +140,21 @@ def test_no_way_of_ending_a_body_leaks(recording_app: RecordingApp, how: str) ->
     assert call(mw, "/").code == 200
 
 
+class _BodyFailingToClose:
+    def __iter__(self) -> Any:
+        return iter([b"x"])
+
+    def close(self) -> None:
+        raise Boom("close failed")
+
+
+def app_whose_body_fails_to_close(environ: Any, start_response: Any) -> Any:
+    start_response("200 OK", [])
+    return _BodyFailingToClose()
+
+
 def test_a_close_that_fails_on_a_dropped_body_is_reported_not_raised() -> None:
-    class BadBody:
-        def __iter__(self) -> Any:
-            return iter([b"x"])
-
-        def close(self) -> None:
-            raise Boom("close failed")
-
-    def app(environ: Any, start_response: Any) -> Any:
-        start_response("200 OK", [])
-        return BadBody()
-
-    mw = TideGateMiddleware(app, limit=1)
+    mw = TideGateMiddleware(app_whose_body_fails_to_close, limit=1)
     seen: list[Any] = []
     hook, sys.unraisablehook = sys.unraisablehook, seen.append
     try:
@@ -177,18 +179,7 @@ def test_closing_twice_releases_once(recording_app: RecordingApp) -> None:
 
 
 def test_a_failing_close_still_releases() -> None:
-    class BadBody:
-        def __iter__(self) -> Any:
-            return iter([b"x"])
-
-        def close(self) -> None:
-            raise Boom("close failed")
-
-    def app(environ: Any, start_response: Any) -> Any:
-        start_response("200 OK", [])
-        return BadBody()
-
-    mw = TideGateMiddleware(app, limit=1)
+    mw = TideGateMiddleware(app_whose_body_fails_to_close, limit=1)
     body = mw(environ_for("/"), start_response)
     with pytest.raises(Boom):
         body.close()

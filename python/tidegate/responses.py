@@ -85,10 +85,6 @@ class Rendered:
     headers: list[tuple[str, str]]
     body: bytes
 
-    def for_head(self) -> Rendered:
-        """The same response with no body, as a reply to ``HEAD``."""
-        return Rendered(self.status, self.headers, b"")
-
 
 def iso_utc(value: datetime | None) -> str | None:
     """``value`` as an ISO-8601 UTC string (``...Z``); a naive datetime is UTC."""
