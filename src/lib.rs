@@ -36,6 +36,7 @@ mod _tidegate {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::breaker_py::prepare_module(m)?;
+        crate::maintenance::prepare_module(m)?;
         Ok(())
     }
 }

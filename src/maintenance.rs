@@ -17,9 +17,15 @@
 //! # Cost per request
 //!
 //! The effective state lives in one atomic byte. `active()` reads the monotonic clock and that
-//! byte; at most once per `poll_interval` one caller (whoever takes the poll lock with
-//! `try_lock`; nobody waits for it) re-reads the environment variable and stats the file,
-//! reading the file only when its (device, inode, size, mtime, ctime) changed.
+//! byte, nothing else: a request never touches the environment or the file. A background
+//! thread per switch (no GIL) re-reads the environment variable and stats the file once per
+//! `poll_interval` (at least 10 ms apart), reading the file only when its (device, inode, size,
+//! mtime, ctime) changed. A slow disk, a hung mount or a FIFO at the path can stall that thread
+//! and nothing else; the last good state stands meanwhile.
+//!
+//! The thread is started with the switch. A process forked from one that had it (a Gunicorn
+//! master that loaded the app before forking) has no such thread: the clock read on the request
+//! path notices that no poll has happened for longer than the interval allows and starts one.
 //!
 //! # The state file
 //!
@@ -55,19 +61,25 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 pub use py::{
-    drain_process_py, process_draining_py, undrain_process_py, MaintenanceStatusPy,
+    drain_process_py, prepare_module, process_draining_py, undrain_process_py, MaintenanceStatusPy,
     MaintenanceSwitchPy,
 };
-pub use state_file::{State, MAX_DELAY};
+pub use state_file::{State, TooLarge, MAX_DELAY};
 
 use state_file::{Look, Signature};
+
+/// The shortest time between two polls, whatever `poll_interval` says.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How late a poll may be before a request concludes this process has no poller.
+const POLLER_GRACE: Duration = Duration::from_millis(250);
 
 /// Which part of the configuration put the process in maintenance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +180,8 @@ pub struct Hooks {
     pub warn: Arc<Warn>,
     /// The process-wide drain flag; tests give each switch its own.
     pub process_drain: &'static AtomicBool,
+    /// Whether a background thread polls; tests poll by hand with [`Maintenance::poll_now`].
+    pub background: bool,
 }
 
 impl Hooks {
@@ -178,6 +192,7 @@ impl Hooks {
             env: Arc::new(|name: &str| std::env::var_os(name)),
             warn: Arc::new(py::log_warning),
             process_drain: &PROCESS_DRAIN,
+            background: true,
         }
     }
 }
@@ -245,31 +260,73 @@ pub fn retry_after_secs(now: i64, until: Option<i64>, explicit: Option<u64>, def
     secs.min(MAX_DELAY)
 }
 
+/// Why a change could not be made.
+#[derive(Debug)]
+pub enum ChangeError {
+    /// The state would make a file no reader accepts (the message is too long).
+    TooLarge(TooLarge),
+    /// Writing the state file failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for ChangeError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+impl From<TooLarge> for ChangeError {
+    fn from(err: TooLarge) -> Self {
+        Self::TooLarge(err)
+    }
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge(err) => err.fmt(f),
+            Self::Io(err) => err.fmt(f),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Sides {
     local: State,
     file: State,
-}
-
-#[derive(Debug, Default)]
-struct Poller {
     /// Signature of the file version last read, good or bad.
     seen: Option<Signature>,
     /// A warning went out for the current bad episode.
     warned: bool,
+    /// Bumped by every write of this process, so a poll that read the file before the write
+    /// does not put the old state back.
+    writes: u64,
+}
+
+/// How the switch tells its poller thread to stop. The thread sleeps with `park_timeout` and
+/// takes no lock of this, so a process forked while it sleeps inherits nothing held.
+#[derive(Debug, Default)]
+struct Wake {
+    stopped: AtomicBool,
+    thread: Mutex<Option<std::thread::Thread>>,
 }
 
 /// The maintenance switch: cheap to ask, shared by every request of a process.
 pub struct Maintenance {
     config: Config,
     hooks: Hooks,
+    /// This switch, for the poller thread it starts.
+    me: Weak<Maintenance>,
     /// The effective state, one bit per source.
     flags: AtomicU8,
-    /// Monotonic nanoseconds before which nobody polls.
-    next_poll_ns: AtomicU64,
-    /// Taken (try-lock) by the one caller that polls; taken (blocking) by writers.
-    poller: Mutex<Poller>,
-    /// Details behind the flags; updated together with them.
+    /// Monotonic nanoseconds after which a request takes the poller for missing.
+    watchdog_ns: AtomicU64,
+    /// The process whose thread polls for this switch (0: none yet).
+    poller_pid: AtomicU32,
+    wake: Arc<Wake>,
+    /// Serialises this process's writes to the state file.
+    writing: Mutex<()>,
+    /// Details behind the flags, and what the poller remembers; held only for memory work.
     sides: Mutex<Sides>,
 }
 
@@ -282,49 +339,61 @@ impl fmt::Debug for Maintenance {
     }
 }
 
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.wake.stopped.store(true, Ordering::Release);
+        if let Some(thread) = self.wake.thread.lock().take() {
+            thread.unpark();
+        }
+    }
+}
+
 impl Maintenance {
     /// A switch on the real clock, environment and logger.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config) -> Arc<Self> {
         Self::with_hooks(config, Hooks::system())
     }
 
-    /// A switch that looks at the environment and the file once before it returns.
-    pub fn with_hooks(config: Config, hooks: Hooks) -> Self {
-        let switch = Self {
+    /// A switch that looks at the environment and the file once before it returns (on the
+    /// caller's thread), then leaves that to its poller thread when `hooks.background` is set.
+    pub fn with_hooks(config: Config, hooks: Hooks) -> Arc<Self> {
+        let polls = config.env_var.is_some() || config.state_file.is_some();
+        let switch = Arc::new_cyclic(|me| Self {
             config,
             hooks,
+            me: me.clone(),
             flags: AtomicU8::new(0),
-            next_poll_ns: AtomicU64::new(0),
-            poller: Mutex::new(Poller::default()),
+            watchdog_ns: AtomicU64::new(u64::MAX),
+            poller_pid: AtomicU32::new(0),
+            wake: Arc::default(),
+            writing: Mutex::new(()),
             sides: Mutex::new(Sides::default()),
-        };
-        let warning = {
-            let mut poller = switch.poller.lock();
-            switch.poll(switch.monotonic_ns(), &mut poller)
-        };
-        switch.emit(warning);
+        });
+        switch.poll_now();
+        if switch.hooks.background && polls {
+            switch.start_poller(false);
+        }
         switch
     }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Is the process in maintenance? The per-request check.
+    /// Is the process in maintenance? The per-request check: two atomic loads and a clock read.
     pub fn active(&self) -> bool {
-        self.refresh();
+        self.watch();
         self.flags.load(Ordering::Acquire) & ANY_ACTIVE != 0
     }
 
     /// Is the process draining (readiness should fail)?
     pub fn draining(&self) -> bool {
-        self.refresh();
+        self.watch();
         self.flags.load(Ordering::Acquire) & ANY_DRAINING != 0
             || self.hooks.process_drain.load(Ordering::Acquire)
     }
 
     pub fn status(&self) -> Status {
-        self.refresh();
+        self.watch();
         let env_active = self.flags.load(Ordering::Acquire) & ENV_ACTIVE != 0;
         let sides = self.sides.lock();
         let (source, side) = if sides.local.active {
@@ -357,7 +426,7 @@ impl Maintenance {
 
     /// Turns maintenance on: in the state file when there is one and `local` is not set, else
     /// in this process only.
-    pub fn enable(&self, notice: Notice, local: bool) -> io::Result<()> {
+    pub fn enable(&self, notice: Notice, local: bool) -> Result<(), ChangeError> {
         self.change(local, move |state| {
             state.active = true;
             state.message = notice.message;
@@ -368,7 +437,7 @@ impl Maintenance {
 
     /// Turns maintenance off and forgets its message, end estimate and Retry-After, on the side
     /// `enable` with the same `local` would have used.
-    pub fn disable(&self, local: bool) -> io::Result<()> {
+    pub fn disable(&self, local: bool) -> Result<(), ChangeError> {
         self.change(local, |state| {
             state.active = false;
             state.message = None;
@@ -395,22 +464,29 @@ impl Maintenance {
 
     /// Starts draining: through the state file (every process), or only this process when
     /// `local` is set or there is no file.
-    pub fn drain(&self, local: bool) -> io::Result<()> {
+    pub fn drain(&self, local: bool) -> Result<(), ChangeError> {
         self.change(local, |state| state.draining = true)
     }
 
     /// Stops draining, on the same side `drain` would have used.
-    pub fn undrain(&self, local: bool) -> io::Result<()> {
+    pub fn undrain(&self, local: bool) -> Result<(), ChangeError> {
         self.change(local, |state| state.draining = false)
     }
 
-    fn change(&self, local: bool, edit: impl FnOnce(&mut State)) -> io::Result<()> {
+    /// Applies `edit` to one side. Whatever the side, the result must fit in a state file every
+    /// reader accepts, so a message that works in one process works for the whole fleet.
+    fn change(&self, local: bool, edit: impl FnOnce(&mut State)) -> Result<(), ChangeError> {
+        let now = self.hooks.clock.now_unix();
         let Some(path) = self.config.state_file.as_deref().filter(|_| !local) else {
-            self.update_sides(|sides| edit(&mut sides.local));
+            let mut sides = self.sides.lock();
+            let mut state = sides.local.clone();
+            edit(&mut state);
+            state_file::render_checked(&state, now)?;
+            sides.local = state;
+            self.publish(&sides);
             return Ok(());
         };
-        // Holding the poll lock keeps a poll that read the old file from landing after us.
-        let mut poller = self.poller.lock();
+        let _writing = self.writing.lock();
         let mut state = match state_file::look(path, None) {
             Look::Read {
                 result: Ok(state), ..
@@ -420,18 +496,26 @@ impl Maintenance {
             Look::Read { result: Err(_), .. } | Look::Unchanged => self.sides.lock().file.clone(),
         };
         edit(&mut state);
-        let bytes = state_file::render(&state, self.hooks.clock.now_unix());
+        let bytes = state_file::render_checked(&state, now)?;
         state_file::write_atomic(path, &bytes)?;
-        // Forget the signature so the next poll reads back what is there now.
-        poller.seen = None;
-        poller.warned = false;
-        self.update_sides(|sides| sides.file = state);
+        let mut sides = self.sides.lock();
+        sides.file = state;
+        // The next poll reads back what is there now, and a poll under way is discarded.
+        sides.seen = None;
+        sides.warned = false;
+        sides.writes = sides.writes.wrapping_add(1);
+        self.publish(&sides);
         Ok(())
     }
 
     fn update_sides(&self, edit: impl FnOnce(&mut Sides)) {
         let mut sides = self.sides.lock();
         edit(&mut sides);
+        self.publish(&sides);
+    }
+
+    /// Sets the flags from `sides` (whose lock the caller holds).
+    fn publish(&self, sides: &Sides) {
         let bits = [
             (sides.local.active, LOCAL_ACTIVE),
             (sides.file.active, FILE_ACTIVE),
@@ -453,30 +537,70 @@ impl Maintenance {
         u64::try_from(self.hooks.clock.monotonic().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Polls if one is due and nobody else is polling; never waits.
-    fn refresh(&self) {
-        let now = self.monotonic_ns();
-        if now < self.next_poll_ns.load(Ordering::Acquire) {
-            return;
-        }
-        let warning = {
-            let Some(mut poller) = self.poller.try_lock() else {
-                return;
-            };
-            if now < self.next_poll_ns.load(Ordering::Acquire) {
-                return;
-            }
-            self.poll(now, &mut poller)
-        };
-        self.emit(warning);
+    fn interval(&self) -> Duration {
+        self.config.poll_interval.max(MIN_POLL_INTERVAL)
     }
 
-    /// Re-reads the environment and the file; returns a warning to log once the lock is gone.
-    fn poll(&self, now_ns: u64, poller: &mut Poller) -> Option<String> {
-        let interval = u64::try_from(self.config.poll_interval.as_nanos()).unwrap_or(u64::MAX);
-        self.next_poll_ns
-            .store(now_ns.saturating_add(interval), Ordering::Release);
+    /// The request path's only extra work: notice a missing poller (after a fork) and start one.
+    #[inline]
+    fn watch(&self) {
+        if self.monotonic_ns() >= self.watchdog_ns.load(Ordering::Relaxed) {
+            self.revive();
+        }
+    }
 
+    #[cold]
+    fn revive(&self) {
+        if !self.hooks.background {
+            return;
+        }
+        // At most one look per interval, even while a poller is stuck on a slow source.
+        self.arm_watchdog();
+        // What this process knows may be as old as the fork: the new thread looks at once.
+        self.start_poller(true);
+    }
+
+    fn arm_watchdog(&self) {
+        let allowed = self.interval().saturating_add(POLLER_GRACE);
+        let allowed = u64::try_from(allowed.as_nanos()).unwrap_or(u64::MAX);
+        self.watchdog_ns.store(
+            self.monotonic_ns().saturating_add(allowed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Starts this process's poller thread for the switch, unless one runs already.
+    fn start_poller(&self, poll_first: bool) {
+        let pid = std::process::id();
+        let previous = self.poller_pid.load(Ordering::Acquire);
+        if previous == pid
+            || self
+                .poller_pid
+                .compare_exchange(previous, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let me = self.me.clone();
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tidegate-maintenance".to_owned())
+            .spawn(move || run_poller(&me, &wake, poll_first));
+        match spawned {
+            Ok(handle) => *self.wake.thread.lock() = Some(handle.thread().clone()),
+            Err(err) => {
+                self.poller_pid.store(0, Ordering::Release);
+                (self.hooks.warn)(&format!(
+                    "cannot start the maintenance poller thread ({err}); trying again within the poll interval"
+                ));
+            }
+        }
+    }
+
+    /// Re-reads the environment and the state file now, on the caller's thread. The poller
+    /// thread calls this once per interval; tests call it instead of a poller.
+    pub fn poll_now(&self) {
+        self.arm_watchdog();
         let env_active = self
             .config
             .env_var
@@ -489,36 +613,74 @@ impl Maintenance {
             self.flags.fetch_and(!ENV_ACTIVE, Ordering::AcqRel);
         }
 
-        let path = self.config.state_file.as_deref()?;
-        let (result, signature) = match state_file::look(path, poller.seen) {
-            Look::Unchanged => return None,
-            Look::Missing => (Ok(State::default()), None),
-            Look::Read { result, signature } => (result, signature),
+        let Some(path) = self.config.state_file.as_deref() else {
+            return;
         };
-        poller.seen = signature;
-        match result {
-            Ok(state) => {
-                poller.warned = false;
-                let changed = self.sides.lock().file != state;
-                if changed {
-                    self.update_sides(|sides| sides.file = state);
+        let (seen, writes) = {
+            let sides = self.sides.lock();
+            (sides.seen, sides.writes)
+        };
+        // The I/O, with no lock held: a writer never waits for a slow read.
+        let look = state_file::look(path, seen);
+        let warning = {
+            let mut sides = self.sides.lock();
+            if sides.writes != writes {
+                // This process wrote meanwhile; what was read may predate it.
+                return;
+            }
+            let (result, signature) = match look {
+                Look::Unchanged => return,
+                Look::Missing => (Ok(State::default()), None),
+                Look::Read { result, signature } => (result, signature),
+            };
+            sides.seen = signature;
+            match result {
+                Ok(state) => {
+                    sides.warned = false;
+                    if sides.file != state {
+                        sides.file = state;
+                        self.publish(&sides);
+                    }
+                    None
                 }
-                None
+                Err(_) if sides.warned => None,
+                Err(reason) => {
+                    sides.warned = true;
+                    Some(format!(
+                        "maintenance state file {} {reason}; keeping the last good state",
+                        path.display()
+                    ))
+                }
             }
-            Err(_) if poller.warned => None,
-            Err(reason) => {
-                poller.warned = true;
-                Some(format!(
-                    "maintenance state file {} {reason}; keeping the last good state",
-                    path.display()
-                ))
-            }
-        }
-    }
-
-    fn emit(&self, warning: Option<String>) {
+        };
         if let Some(message) = warning {
             (self.hooks.warn)(&message);
+        }
+    }
+}
+
+/// The poller thread: polls once per interval (first at once, when `poll_first`) until its
+/// switch is dropped. It holds the switch only while polling, so dropping the last handle
+/// elsewhere ends it at once.
+fn run_poller(me: &Weak<Maintenance>, wake: &Wake, mut poll_first: bool) {
+    loop {
+        let interval = {
+            let Some(switch) = me.upgrade() else {
+                return;
+            };
+            if poll_first {
+                switch.poll_now();
+            }
+            switch.interval()
+        };
+        poll_first = true;
+        if wake.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        // An early wake-up only means an early poll.
+        std::thread::park_timeout(interval);
+        if wake.stopped.load(Ordering::Acquire) {
+            return;
         }
     }
 }
@@ -582,10 +744,11 @@ mod tests {
                 env: Arc::new(move |name: &str| env.lock().get(name).cloned()),
                 warn: Arc::new(move |msg: &str| warnings.lock().push(msg.to_owned())),
                 process_drain: self.process_drain,
+                background: false,
             }
         }
 
-        fn switch(&self, state_file: Option<PathBuf>, poll: Duration) -> Maintenance {
+        fn switch(&self, state_file: Option<PathBuf>, poll: Duration) -> Arc<Maintenance> {
             let config = Config {
                 state_file,
                 poll_interval: poll,
@@ -672,33 +835,26 @@ mod tests {
         let rig = Rig::new();
         let switch = rig.switch(None, SECOND);
         rig.set_env("true");
-        assert!(!switch.active(), "polled before the interval ran out");
-        rig.clock.advance(SECOND);
+        assert!(!switch.active(), "a read polled");
+        switch.poll_now();
         assert!(switch.active());
         assert_eq!(switch.status().source, Some(Source::Env));
         rig.set_env("off");
-        rig.clock.advance(SECOND / 2);
         assert!(switch.active());
-        rig.clock.advance(SECOND / 2);
+        switch.poll_now();
         assert!(!switch.active());
     }
 
     #[test]
-    fn zero_interval_looks_every_time_and_no_env_var_ignores_it() {
+    fn no_env_var_ignores_the_environment() {
         let rig = Rig::new();
-        let switch = rig.switch(None, Duration::ZERO);
-        rig.set_env("1");
-        assert!(switch.active());
-        rig.set_env("0");
-        assert!(!switch.active());
-
         rig.set_env("1");
         let config = Config {
             env_var: None,
-            poll_interval: Duration::ZERO,
             ..Config::default()
         };
         let blind = Maintenance::with_hooks(config, rig.hooks());
+        blind.poll_now();
         assert!(!blind.active());
     }
 
@@ -720,7 +876,7 @@ mod tests {
             .expect("write");
         assert!(writer.active(), "the writer sees its own write at once");
         assert!(!reader.active(), "the reader waits for its poll");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         let status = reader.status();
         assert_eq!(
             (status.active, status.source, status.message.as_deref()),
@@ -728,11 +884,11 @@ mod tests {
         );
         writer.drain(false).expect("write");
         writer.disable(false).expect("write");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         assert!(!reader.active());
         assert!(reader.draining(), "disable kept the drain");
         writer.undrain(false).expect("write");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         assert!(!reader.draining());
         assert_eq!(dir.entries(), vec!["state.json".to_owned()]);
     }
@@ -778,7 +934,7 @@ mod tests {
             (status.active, status.source, status.message.as_deref()),
             (true, Some(Source::Local), Some("in a test"))
         );
-        rig.clock.advance(SECOND);
+        other.poll_now();
         assert!(!other.active(), "another process sees nothing");
 
         let saved = switch.local_state();
@@ -862,7 +1018,7 @@ mod tests {
         assert!(reader.active());
         for garbage in ["", "{\"active\": tr", "[1, 2]", "{\"active\": 1}"] {
             fs::write(&path, garbage).expect("write");
-            rig.clock.advance(SECOND);
+            reader.poll_now();
             assert!(reader.active(), "{garbage:?} lost the last good state");
             assert!(reader.status().active);
         }
@@ -870,16 +1026,16 @@ mod tests {
         assert!(rig.warnings.lock()[0].contains("is empty"));
 
         fs::write(&path, "{\"active\": false}").expect("write");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         assert!(!reader.active());
         fs::write(&path, "nope").expect("write");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         assert!(!reader.active());
         assert_eq!(rig.warnings(), 2, "a good read re-arms the warning");
 
         fs::remove_file(&path).expect("rm");
         fs::create_dir(&path).expect("mkdir");
-        rig.clock.advance(SECOND);
+        reader.poll_now();
         assert!(!reader.active());
         assert_eq!(rig.warnings(), 2, "still the same bad episode");
     }
@@ -902,8 +1058,8 @@ mod tests {
         let rig = Rig::new();
         let dir = TempDir::new("threads");
         let path = dir.0.join("state.json");
-        let switch = Arc::new(rig.switch(Some(path.clone()), Duration::ZERO));
-        let writer = rig.switch(Some(path), Duration::ZERO);
+        let switch = rig.switch(Some(path.clone()), SECOND);
+        let writer = rig.switch(Some(path), SECOND);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..32)
             .map(|_| {
@@ -923,6 +1079,15 @@ mod tests {
                 })
             })
             .collect();
+        let poller = {
+            let switch = switch.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    switch.poll_now();
+                }
+            })
+        };
         for i in 0..200 {
             if i % 2 == 0 {
                 writer
@@ -942,7 +1107,192 @@ mod tests {
         for reader in readers {
             assert!(reader.join().expect("reader panicked") > 0);
         }
+        poller.join().expect("poller panicked");
+        switch.poll_now();
         assert!(!switch.active());
+        assert_eq!(rig.warnings(), 0);
+    }
+
+    /// Waits up to two seconds for `condition`, checking every few milliseconds.
+    fn eventually(condition: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        condition()
+    }
+
+    #[test]
+    fn the_background_poller_follows_the_file_and_the_environment() {
+        let rig = Rig::new();
+        let dir = TempDir::new("background");
+        let path = dir.0.join("state.json");
+        let writer = rig.switch(Some(path.clone()), SECOND);
+        let hooks = Hooks {
+            clock: Arc::new(SystemClock::new()),
+            background: true,
+            ..rig.hooks()
+        };
+        let config = Config {
+            state_file: Some(path),
+            poll_interval: Duration::from_millis(20),
+            ..Config::default()
+        };
+        let reader = Maintenance::with_hooks(config, hooks);
+        writer.enable(Notice::default(), false).expect("write");
+        assert!(
+            eventually(|| reader.active()),
+            "the file change never arrived"
+        );
+        writer.disable(false).expect("write");
+        rig.set_env("yes");
+        assert!(eventually(|| reader.status().source == Some(Source::Env)));
+        rig.set_env("no");
+        assert!(eventually(|| !reader.active()));
+    }
+
+    #[test]
+    fn a_stuck_source_stalls_the_poller_and_no_reader() {
+        let rig = Rig::new();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let entered_tx = Mutex::new(entered_tx);
+        let release = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+        let stuck = Arc::new(AtomicBool::new(false));
+        let hooks = Hooks {
+            clock: Arc::new(SystemClock::new()),
+            background: true,
+            env: {
+                let release = release.clone();
+                let stuck = stuck.clone();
+                Arc::new(move |_: &str| {
+                    if stuck.load(Ordering::SeqCst) {
+                        let _ = entered_tx.lock().send(());
+                        let (lock, signal) = &*release;
+                        let mut released = lock.lock();
+                        while !*released {
+                            signal.wait(&mut released);
+                        }
+                    }
+                    Some("1".into())
+                })
+            },
+            ..rig.hooks()
+        };
+        let config = Config {
+            poll_interval: Duration::from_millis(10),
+            ..Config::default()
+        };
+        let switch = Maintenance::with_hooks(config, hooks);
+        assert!(switch.active());
+        stuck.store(true, Ordering::SeqCst);
+        entered_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the poller never polled");
+        // The poller is now blocked inside the source. Readers answer from the snapshot.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let reader = {
+            let switch = switch.clone();
+            thread::spawn(move || {
+                for _ in 0..10_000 {
+                    assert!(switch.active());
+                    assert!(switch.status().active);
+                    assert!(!switch.draining());
+                }
+                let _ = done_tx.send(());
+            })
+        };
+        let answered = done_rx.recv_timeout(Duration::from_secs(10));
+        let (lock, signal) = &*release;
+        *lock.lock() = true;
+        signal.notify_all();
+        answered.expect("a reader waited for the stuck source");
+        reader.join().expect("reader panicked");
+    }
+
+    #[test]
+    fn a_process_without_its_poller_starts_one_on_the_next_read() {
+        // What a forked child sees: the switch's poller thread belongs to another process.
+        let rig = Rig::new();
+        let hooks = Hooks {
+            background: true,
+            ..rig.hooks()
+        };
+        let config = Config {
+            poll_interval: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        let switch = Maintenance::with_hooks(config, hooks);
+        rig.set_env("1");
+        rig.clock.advance(Duration::from_secs(3601));
+        assert!(!switch.active(), "a read polled");
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            !switch.active(),
+            "the running poller sleeps for an hour; nobody else may poll"
+        );
+        switch.poller_pid.store(u32::MAX, Ordering::SeqCst);
+        rig.clock.advance(Duration::from_secs(3601));
+        assert!(
+            eventually(|| switch.active()),
+            "no poller was started for this process"
+        );
+        assert_eq!(switch.poller_pid.load(Ordering::SeqCst), std::process::id());
+    }
+
+    #[test]
+    fn a_message_no_reader_would_accept_is_refused_on_either_side() {
+        let rig = Rig::new();
+        let dir = TempDir::new("too-large");
+        let path = dir.0.join("state.json");
+        let switch = rig.switch(Some(path.clone()), SECOND);
+        switch
+            .enable(
+                Notice {
+                    message: Some("before".into()),
+                    ..Notice::default()
+                },
+                false,
+            )
+            .expect("write");
+        let before = fs::read(&path).expect("read");
+        // Control characters take six bytes each in JSON: 11,000 of them are 66,000 bytes.
+        let huge = Notice {
+            message: Some("\u{1}".repeat(11_000)),
+            ..Notice::default()
+        };
+        for local in [false, true] {
+            match switch.enable(huge.clone(), local) {
+                Err(ChangeError::TooLarge(TooLarge { bytes })) => {
+                    assert!(bytes as u64 > state_file::MAX_FILE_BYTES);
+                }
+                other => panic!("local={local}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            before,
+            "the file was touched"
+        );
+        assert_eq!(switch.status().message.as_deref(), Some("before"));
+        let fits = "x".repeat(60_000);
+        switch
+            .enable(
+                Notice {
+                    message: Some(fits.clone()),
+                    ..Notice::default()
+                },
+                false,
+            )
+            .expect("a message that fits");
+        let reader = rig.switch(Some(path), SECOND);
+        assert_eq!(
+            reader.status().message,
+            Some(fits),
+            "every reader accepts it"
+        );
         assert_eq!(rig.warnings(), 0);
     }
 }

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -183,6 +184,11 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "MaintenanceSwitch(env_var=None).enable(message=5)",
             "TypeError: message: must be a str or None, got int",
+        ),
+        Row(
+            "MaintenanceSwitch(env_var=None).enable(message='\\x01' * 11_000)",
+            "ValueError: message: is too long: it makes a state file of 66155 bytes, "
+            "more than the 65536 every reader accepts",
         ),
         Row(
             "MaintenanceSwitch(env_var=None).enable(until='tomorrow')",
@@ -701,6 +707,14 @@ CONFIGURATION: dict[str, list[Row]] = {
             "exit 0",
         ),
         Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--message', 'x' * 70_000)",
+            (
+                "exit 2: tidegate maintenance on: error: message: is too long: it makes a state "
+                "file of 70155 bytes, more than the 65536 every reader accepts (see tidegate "
+                "maintenance on --help)"
+            ),
+        ),
+        Row(
             "result = cli('maintenance', 'on', '--state', 'FOLDER')",
             (
                 "exit 2: tidegate maintenance on: error: argument --state: FOLDER is a folder; "
@@ -1151,20 +1165,27 @@ def state_file_says(content: str | bytes = "", *, directory: bool = False) -> st
         path = Path(folder) / "state.json"
         switch = MaintenanceSwitch(path, env_var=None, poll_interval=0)
         switch.enable(message="good")
-        path.unlink()
-        if directory:
-            path.mkdir()
-        elif isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
         handler = Catch(logging.WARNING)
         logger = logging.getLogger("tidegate")
         level = logger.level
         logger.setLevel(logging.WARNING)
         logger.addHandler(handler)
         try:
+            # Swapped in by one rename, so the poller never sees it half-written or gone.
+            staged = Path(folder) / "staged"
+            if directory:
+                (Path(folder) / "a-directory").mkdir()
+                staged.symlink_to(Path(folder) / "a-directory")
+            else:
+                staged.write_bytes(content if isinstance(content, bytes) else content.encode())
+            staged.replace(path)
+            # The poller thread looks at the file: wait (boundedly) for it to warn or to
+            # follow the file before reading what requests would see.
+            deadline = time.monotonic() + 5
             status = switch.status()
+            while not warnings and status.message == "good" and time.monotonic() < deadline:
+                time.sleep(0.005)
+                status = switch.status()
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)

@@ -194,7 +194,7 @@ def test_missing_state_file_is_off(state_path: Path) -> None:
     switch.enable()
     assert switch.active
     state_path.unlink()
-    assert not switch.active, "a file removed means off"
+    wait_for(lambda: not switch.active, SLACK)  # a file removed means off
 
 
 def test_enable_writes_the_documented_format(state_path: Path) -> None:
@@ -321,7 +321,8 @@ def test_local_drain_does_not_touch_the_file(state_path: Path) -> None:
 
     switch.enable()
     assert json.loads(state_path.read_text())["draining"] is False
-    assert not other.draining and other.active
+    wait_for(lambda: other.active, SLACK)
+    assert not other.draining
     switch.undrain(local=True)
     assert not switch.draining
 
@@ -337,12 +338,13 @@ def test_local_maintenance_does_not_touch_the_file_and_outranks_it(state_path: P
     assert delay(status) == 9
 
     switch.enable(message="everywhere")
-    assert other.active and other.status().message == "everywhere"
+    wait_for(lambda: other.status().message == "everywhere", SLACK)
     assert switch.status().message == "only here", "this process's own maintenance wins"
     switch.disable(local=True)
     assert (switch.status().source, switch.status().message) == ("file", "everywhere")
     switch.disable()
-    assert not switch.active and not other.active
+    assert not switch.active
+    wait_for(lambda: not other.active, SLACK)
 
 
 def test_drain_without_a_file_is_local() -> None:
@@ -425,14 +427,19 @@ def test_a_bad_file_keeps_the_last_good_state_and_warns_once(
     reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
     writer.enable(message="Upgrading", retry_after=120)
     writer.drain()
-    assert reader.active
+    wait_for(lambda: reader.active and reader.draining, SLACK)
 
     breaker(state_path)
-    for _ in range(50):
+    # The poller warns from its own thread; meanwhile every read answers the last good state.
+    deadline = time.monotonic() + SLACK
+    while not warnings_from(caplog) and time.monotonic() < deadline:
         assert reader.active
         assert reader.draining
         status = reader.status()
         assert (status.message, delay(status)) == ("Upgrading", 120)
+        time.sleep(0.002)
+    time.sleep(0.1)  # ten more polls of the same bad file
+    assert reader.active and reader.status().message == "Upgrading"
     records = warnings_from(caplog)
     assert len(records) == 1, [r.getMessage() for r in records]
     assert str(state_path) in records[0].getMessage()
@@ -441,15 +448,16 @@ def test_a_bad_file_keeps_the_last_good_state_and_warns_once(
     # Rewritten in place, still bad: the same episode, no new warning.
     if state_path.is_file():
         state_path.write_text("{")
+        time.sleep(0.1)
         assert reader.active
         assert len(warnings_from(caplog)) == 1
 
     _restore(state_path)
     writer.disable()
-    assert not reader.active, "a good write is picked up"
+    wait_for(lambda: not reader.active, SLACK)  # a good write is picked up
     breaker(state_path)
+    wait_for(lambda: len(warnings_from(caplog)) == 2, SLACK)  # a good read re-arms the warning
     assert not reader.active
-    assert len(warnings_from(caplog)) == 2, "a good read re-arms the warning"
 
 
 def test_a_bad_file_at_startup_counts_as_off_and_warns_once(
@@ -480,15 +488,180 @@ def test_an_unreadable_file_keeps_the_last_good_state(
     writer = MaintenanceSwitch(state_path, env_var=None)
     reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
     writer.enable()
-    assert reader.active
+    wait_for(lambda: reader.active, SLACK)
     state_path.chmod(0)
     state_path.touch()
     try:
-        assert reader.active
+        wait_for(lambda: len(warnings_from(caplog)) == 1, SLACK)
         assert reader.active
     finally:
         state_path.chmod(0o644)
-    assert len(warnings_from(caplog)) == 1
+
+
+# -- what one writes, every reader accepts --------------------------------------------------------
+
+
+def test_a_message_too_large_for_any_reader_is_refused_where_it_is_written(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tidegate.cli import main
+
+    caplog.set_level(logging.WARNING, logger="tidegate")
+    writer = MaintenanceSwitch(state_path, env_var=None)
+    reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
+    writer.enable(message="Upgrading")
+    before = state_path.read_bytes()
+    # Each control character is six bytes of JSON: 11,000 of them overflow 64 KiB.
+    for local in (False, True):
+        with pytest.raises(ValueError, match=r"^message: is too long: .* 65536 every reader"):
+            writer.enable(message="\x01" * 11_000, local=local)
+    assert main(["maintenance", "on", "--state", str(state_path), "--message", "x" * 70_000]) == 2
+    assert state_path.read_bytes() == before
+    assert [p.name for p in state_path.parent.iterdir()] == [state_path.name]
+    # The largest message that fits is written, and every other process takes it.
+    fits = "x" * 65_000
+    writer.enable(message=fits)
+    wait_for(lambda: reader.status().message == fits, SLACK)
+    assert MaintenanceSwitch(state_path, env_var=None).status().message == fits
+    assert warnings_from(caplog) == []
+
+
+# -- no request waits on the file ------------------------------------------------------------------
+
+FIFO_CHILD = """
+import os, sys, threading, time
+from tidegate import MaintenanceSwitch
+from tidegate.wsgi import TideGateMiddleware
+
+path = sys.argv[1]
+os.mkfifo(path)
+switch = MaintenanceSwitch(path, env_var=None, poll_interval=0)   # built over a FIFO
+app = TideGateMiddleware(lambda e, s: s("200 OK", []) or [b"ok"], limit=8, maintenance=switch)
+stop = threading.Event()
+served = [0] * 4
+
+def client(i):
+    while not stop.is_set():
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+        body = app(env, lambda status, headers, exc_info=None: None)
+        b"".join(body)
+        body.close()
+        served[i] += 1
+
+threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+regular = path + ".regular"
+fifo = path + ".fifo"
+deadline = time.monotonic() + 3
+swaps = 0
+while time.monotonic() < deadline:
+    # A regular file and a FIFO take turns at the path, under the poller's feet.
+    with open(regular, "w") as f:
+        f.write('{"active": false}')
+    os.replace(regular, path)
+    os.mkfifo(fifo)
+    os.replace(fifo, path)
+    swaps += 1
+stop.set()
+for t in threads:
+    t.join(timeout=10)
+print(swaps, min(served), switch.active, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_at_the_state_path_stalls_no_request_and_no_thread(tmp_path: Path) -> None:
+    # In a child process: a blocking open with the GIL held would freeze the whole
+    # interpreter, and then only the timeout here could tell.
+    done = subprocess.run(
+        [sys.executable, "-c", FIFO_CHILD, str(tmp_path / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    swaps, least_served, active = done.stdout.split()
+    assert int(swaps) > 10, done.stdout
+    assert int(least_served) > 1000, "a client thread was stalled"
+    assert active == "False"
+
+
+FORK_CHILD = """
+import os, sys, time
+from tidegate import MaintenanceSwitch
+
+path = sys.argv[1]
+switch = MaintenanceSwitch(path, env_var=None, poll_interval=0.05)  # as a preloading master
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(write)
+    os.read(read, 1)  # the parent has written the file
+    deadline = time.monotonic() + 10
+    while not switch.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(0 if switch.active and switch.status().message == "after the fork" else 1)
+os.close(read)
+MaintenanceSwitch(path, env_var=None).enable(message="after the fork")
+os.write(write, b"x")
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_forked_after_the_switch_was_built_still_follows_the_file(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD, str(tmp_path / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", "the forked child never saw the change"
+
+
+KILLED_WRITER = """
+import sys
+from tidegate import MaintenanceSwitch
+
+switch = MaintenanceSwitch(sys.argv[1], env_var=None)
+print("writing", flush=True)
+while True:
+    switch.enable(message="x" * 4000)
+    switch.disable()
+"""
+
+
+def test_writers_killed_mid_write_leave_no_temporary_files_for_ever(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    leftovers: list[Path] = []
+    for _ in range(40):
+        with subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(state)], stdout=subprocess.PIPE, text=True
+        ) as writer:
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == "writing\n"
+            time.sleep(0.02)
+            writer.kill()
+        leftovers = [p for p in tmp_path.iterdir() if p.name != state.name]
+        if len(leftovers) >= 3:
+            break
+    # Some kills land between creating a temporary file and renaming it.
+    assert leftovers, "no writer was killed mid-write; the test proved nothing"
+    assert all(p.name.startswith(".state.json.") and p.name.endswith(".tmp") for p in leftovers)
+    # A leftover younger than a minute may be a writer at work: it stays.
+    MaintenanceSwitch(state, env_var=None).enable(message="now")
+    assert {p for p in tmp_path.iterdir() if p != state} == set(leftovers)
+    long_ago = time.time() - 120
+    for path in leftovers:
+        os.utime(path, (long_ago, long_ago))
+    MaintenanceSwitch(state, env_var=None).disable()
+    assert [p.name for p in tmp_path.iterdir()] == [state.name]
+    assert not MaintenanceSwitch(state, env_var=None).active
 
 
 # -- concurrency ---------------------------------------------------------------------------------

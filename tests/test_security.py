@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,10 @@ def test_the_token_never_reaches_logs_reprs_or_responses(
             seen.append(call(mw, "/", **{ENVIRON_KEY: offered}).body.decode())
             seen.append(client.get("/", headers={HEADER: offered}).text)
         seen.append(call(mw, "/health").body.decode())
-        state.write_text("{ half written")  # a bad file: warned about
+        state.write_text("{ half written")  # a bad file: warned about by the poller
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.005)
         seen.append(call(mw, "/").body.decode())
         switch.disable()
     seen += [r.getMessage() for r in caplog.records]

@@ -369,9 +369,12 @@ class MaintenanceSwitch:
 
     Maintenance is on when this process enabled it (no state file), the environment variable
     is truthy (``1``, ``true``, ``yes``, ``on``; any case), or the state file says so.
-    ``active`` costs an atomic load and a clock read: at most once per ``poll_interval`` one
-    caller re-reads the environment and stats the state file (re-reading it only when it
-    changed); nobody waits for that caller.
+    ``active`` costs an atomic load and a clock read; a request never touches the environment
+    or the file. A background thread of the switch (it holds no GIL) re-reads the environment
+    and stats the state file once per ``poll_interval``, re-reading the file only when it
+    changed. A slow disk, a hung mount or a FIFO at the path stalls that thread, never a
+    request. A process forked after the switch was built starts its own thread on its first
+    read once a poll is overdue.
 
     The state file is JSON shared by every worker on the host::
 
@@ -380,7 +383,8 @@ class MaintenanceSwitch:
 
     Only ``active`` is required; unknown keys are ignored. A missing file means off. An
     unreadable, empty, half-written or malformed file never raises: the last good state stands
-    and one warning goes to the ``tidegate`` logger until the file reads well again.
+    and one warning goes to the ``tidegate`` logger until the file reads well again. A file
+    larger than 64 KiB is malformed; writers refuse to make one.
     """
 
     def __new__(
@@ -392,7 +396,8 @@ class MaintenanceSwitch:
         default_retry_after: int = 60,
     ) -> MaintenanceSwitch:
         """``state_file`` is resolved to an absolute path now; ``env_var=None`` ignores the
-        environment; ``poll_interval`` is finite seconds >= 0 (0 looks every time);
+        environment; ``poll_interval`` is finite seconds >= 0 (the poller looks at most every
+        10 ms, so 0 means as often as that);
         ``default_retry_after`` is whole seconds >= 0. Bad values raise ``ValueError`` or
         ``TypeError`` naming the parameter."""
 
@@ -408,7 +413,11 @@ class MaintenanceSwitch:
         an explicit Retry-After (a ``timedelta`` is rounded up to whole seconds).
 
         With a state file the file is replaced atomically (``OSError`` if that fails): this
-        switch sees the change at once, every other process within ``poll_interval``.
+        switch sees the change at once, every other process within ``poll_interval``. A
+        ``message`` that would make the file larger than the 64 KiB every reader accepts is a
+        ``ValueError``, whichever side is written. Temporary files that writers killed
+        mid-write left beside the state file are removed by the next write once they are a
+        minute old.
         ``draining`` in the file is kept. Without a state file, or with ``local=True``, only
         this process changes and no file is written; this process's own maintenance outranks
         the file's (its message and Retry-After are the ones shown).

@@ -9,16 +9,40 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString};
 
-use super::{Config, Maintenance, Notice, State, Status, MAX_DELAY};
+use super::{ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
 use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
 use crate::errors::{describe, io_error, type_name, ArgError};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
 
-/// Logs `message` as a warning on the `tidegate` logger. Never raises: a logging failure has
-/// nowhere better to go.
+/// Set once the interpreter starts to shut down; held for reading while a thread of ours that
+/// Python did not start is attached to it, so shutdown waits for that thread to detach and no
+/// such thread attaches afterwards (on Python before 3.13 nothing else tells it not to).
+static INTERPRETER_EXITING: parking_lot::RwLock<bool> = parking_lot::RwLock::new(false);
+
+/// Called by `atexit`: from now on, background threads log nothing.
+#[pyfunction]
+fn _stop_background_logging(py: Python<'_>) {
+    // Without the GIL, so a background thread that holds the read lock and waits for the GIL
+    // can finish first.
+    py.detach(|| *INTERPRETER_EXITING.write() = true);
+}
+
+/// Registers what the module needs at interpreter exit.
+pub fn prepare_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let stop = wrap_pyfunction!(_stop_background_logging, m)?;
+    m.py().import("atexit")?.call_method1("register", (stop,))?;
+    Ok(())
+}
+
+/// Logs `message` as a warning on the `tidegate` logger, from any thread. Never raises: a
+/// logging failure has nowhere better to go. Once the interpreter is exiting it logs nothing.
 pub fn log_warning(message: &str) {
     static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    Python::attach(|py| {
+    let exiting = INTERPRETER_EXITING.read();
+    if *exiting {
+        return;
+    }
+    Python::try_attach(|py| {
         let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             Ok(py
                 .import("logging")?
@@ -273,14 +297,18 @@ impl MaintenanceSwitchPy {
         &self,
         py: Python<'_>,
         action: &str,
-        step: impl FnOnce(&Maintenance) -> std::io::Result<()> + Send,
+        step: impl FnOnce(&Maintenance) -> Result<(), ChangeError> + Send,
     ) -> PyResult<()> {
         let core = &self.core;
-        py.detach(|| step(core))
-            .map_err(|err| match &core.config().state_file {
+        py.detach(|| step(core)).map_err(|err| match err {
+            ChangeError::TooLarge(too_large) => {
+                ArgError::value("message", format!("is too long: it {too_large}")).into()
+            }
+            ChangeError::Io(err) => match &core.config().state_file {
                 Some(path) => io_error(action, path, &err),
                 None => pyo3::exceptions::PyOSError::new_err(err.to_string()),
-            })
+            },
+        })
     }
 }
 
@@ -311,9 +339,7 @@ impl MaintenanceSwitchPy {
             default_retry_after: extract_default_retry_after(default_retry_after)?,
         };
         let core = py.detach(|| Maintenance::new(config));
-        Ok(Self {
-            core: Arc::new(core),
-        })
+        Ok(Self { core })
     }
 
     #[pyo3(signature = (*, message=None, until=None, retry_after=None, local=false))]

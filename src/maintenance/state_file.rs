@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,7 +215,7 @@ pub fn look(path: &Path, seen: Option<Signature>) -> Look {
 }
 
 fn read(path: &Path) -> Look {
-    let file = match File::open(path) {
+    let file = match open_for_reading(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Look::Missing,
         Err(err) => return Look::bad(format!("cannot be opened: {err}"), None),
@@ -242,6 +242,51 @@ fn read(path: &Path) -> Look {
         signature: sig,
     }
 }
+
+/// Opens `path` for reading without ever waiting: a FIFO swapped in after the `stat` would
+/// otherwise block the open until a writer shows up. What was opened is checked with `fstat`
+/// before a byte is read.
+fn open_for_reading(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// A render that no reader would accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "makes a state file of {} bytes, more than the {MAX_FILE_BYTES} every reader accepts",
+            self.bytes
+        )
+    }
+}
+
+/// `render`, refused when the result is larger than any reader would read back: what one
+/// process writes, every other process must accept.
+pub fn render_checked(state: &State, now: i64) -> Result<Vec<u8>, TooLarge> {
+    let bytes = render(state, now);
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(TooLarge { bytes: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// How old a writer's temporary file must be before another writer takes it for the leftover
+/// of a writer that died mid-write. A write lasts milliseconds; this leaves a slow disk a wide
+/// margin.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// Replaces `path` with `contents` so that a reader sees either the old file or the new one.
 ///
@@ -270,7 +315,45 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     if let Ok(dir_handle) = File::open(dir) {
         let _ = dir_handle.sync_all();
     }
+    remove_stale_temps(dir, &name.to_string_lossy(), SystemTime::now());
     Ok(())
+}
+
+/// The prefix and suffix of every temporary file `write_atomic` makes for a state file `name`.
+fn temp_affixes(name: &str) -> (String, &'static str) {
+    (format!(".{name}."), ".tmp")
+}
+
+/// Removes temporary files that writers of `name` left behind when they were killed between
+/// creating and renaming them, once they are older than [`STALE_TEMP_AGE`]. Best effort: a
+/// file that cannot be examined or removed is left for the next writer.
+pub fn remove_stale_temps(dir: &Path, name: &str, now: SystemTime) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let (prefix, suffix) = temp_affixes(name);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if !(file_name.starts_with(&prefix) && file_name.ends_with(suffix)) {
+            continue;
+        }
+        // symlink_metadata: a planted link is judged (and removed) as itself, never followed.
+        let old_enough = entry
+            .path()
+            .symlink_metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
+        if old_enough && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(unix)]
@@ -304,8 +387,9 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
         .map_or(0, |d| d.subsec_nanos());
     for _ in 0..32 {
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let (prefix, suffix) = temp_affixes(name);
         let candidate = dir.join(format!(
-            ".{name}.{}.{seq}.{nanos:x}.tmp",
+            "{prefix}{}.{seq}.{nanos:x}{suffix}",
             std::process::id()
         ));
         match create_exclusive(&candidate) {
@@ -552,5 +636,84 @@ pub mod tests {
         assert!(create_exclusive(&dangling).is_err());
         assert!(!dir.0.join("nowhere").exists());
         assert_eq!(fs::read(&victim).expect("read"), b"precious");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn reading_a_fifo_never_waits_for_a_writer() {
+        let dir = TempDir::new("fifo");
+        let path = dir.0.join("state.json");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(status.success());
+        // As if the FIFO had been swapped in after `look` saw a regular file: straight to the
+        // open, on a thread so that a blocking open fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let _ = tx.send(read(&path));
+        });
+        let look = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO blocked");
+        reader.join().expect("reader panicked");
+        match look {
+            Look::Read {
+                result: Err(reason),
+                ..
+            } => assert_eq!(reason, "is not a regular file"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn render_checked_refuses_what_no_reader_accepts() {
+        let fits = State {
+            message: Some("x".repeat(65_000)),
+            ..sample()
+        };
+        let bytes = render_checked(&fits, 0).expect("fits");
+        assert!(bytes.len() as u64 <= MAX_FILE_BYTES);
+        assert!(parse(&bytes).is_ok());
+        let escaped = State {
+            message: Some("\u{7}".repeat(11_000)),
+            ..sample()
+        };
+        let err = render_checked(&escaped, 0).expect_err("too large");
+        assert!(err.bytes > 66_000, "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("more than the 65536 every reader accepts"));
+    }
+
+    #[test]
+    fn a_write_removes_temporary_files_that_dead_writers_left_and_nothing_else() {
+        let dir = TempDir::new("stale");
+        let path = dir.0.join("state.json");
+        let aged = SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(5);
+        let left = |name: &str, modified: SystemTime| {
+            let file = File::create(dir.0.join(name)).expect("create");
+            file.set_modified(modified).expect("set mtime");
+        };
+        for pid in 0..20 {
+            left(&format!(".state.json.{pid}.0.1f.tmp"), aged);
+        }
+        // A writer at work right now, another state file's leftover, and unrelated files.
+        left(".state.json.99.0.2a.tmp", SystemTime::now());
+        left(".other.json.1.0.3b.tmp", aged);
+        left("state.json.tmp", aged);
+        left("notes.txt", aged);
+        write_atomic(&path, &render(&sample(), 0)).expect("write");
+        assert_eq!(
+            dir.entries(),
+            vec![
+                ".other.json.1.0.3b.tmp".to_owned(),
+                ".state.json.99.0.2a.tmp".to_owned(),
+                "notes.txt".to_owned(),
+                "state.json".to_owned(),
+                "state.json.tmp".to_owned(),
+            ]
+        );
     }
 }
