@@ -72,6 +72,10 @@ CONFIGURATION: dict[str, list[Row]] = {
             "CapacityGate(1).acquire(timeout='1')",
             "TypeError: timeout: must be a number of seconds or None, got str",
         ),
+        Row(
+            "gate = CapacityGate(1); result = gate.acquire(timeout=1e19).released",
+            "False",
+        ),
     ],
     "RetryAfter": [
         Row("RetryAfter.after(-1)", "ValueError: seconds: must be a finite number >= 0, got -1"),

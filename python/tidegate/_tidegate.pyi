@@ -81,6 +81,8 @@ class CapacityGate:
         """Wait up to ``timeout`` seconds (``None``: no limit) for a permit, GIL released.
 
         Returns ``None`` when the time runs out. Signals (Ctrl-C) interrupt the wait.
+        ``timeout`` is a finite number >= 0; one too long for the clock to count (such as
+        ``1e19``, hundreds of billions of years) is no limit, as ``None`` is.
         """
 
 @final
