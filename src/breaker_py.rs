@@ -15,7 +15,7 @@ use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
-use crate::errors::{describe, type_name, ArgError};
+use crate::errors::{describe, int_beyond_float, type_name, whole_number, ArgError};
 
 pyo3::create_exception!(
     tidegate._tidegate,
@@ -36,25 +36,7 @@ pub fn prepare_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// An int >= 1 that fits in a u32 (a bool is not an int here).
 fn count(param: &'static str, value: &Bound<'_, PyAny>) -> Result<u32, ArgError> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(ArgError::type_(
-            param,
-            format!("must be an int, got {}", describe(value)),
-        ));
-    }
-    let Ok(n) = value.extract::<i128>() else {
-        return Err(ArgError::type_(
-            param,
-            format!("must be an int, got {}", type_name(value)),
-        ));
-    };
-    if n < 1 {
-        return Err(ArgError::value(
-            param,
-            format!("must be an integer >= 1, got {n}"),
-        ));
-    }
-    u32::try_from(n).map_err(|_| ArgError::value(param, format!("is too large: {n}")))
+    whole_number(param, value)?.at_least(param, 1)
 }
 
 /// A real number; range checks happen in `Config::validate`.
@@ -63,6 +45,12 @@ fn number(param: &'static str, value: &Bound<'_, PyAny>) -> Result<f64, ArgError
         return Err(ArgError::type_(
             param,
             format!("must be a number, got {}", describe(value)),
+        ));
+    }
+    if let Some(huge) = int_beyond_float(value) {
+        return Err(ArgError::value(
+            param,
+            format!("must be a finite number, got {huge}"),
         ));
     }
     value

@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
-use crate::errors::{type_name, ArgError};
+use crate::errors::{int_beyond_float, whole_number, ArgError, WholeNumber};
 
 /// How long a waiter sleeps at most before it looks for signals (Ctrl-C) again.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -180,26 +180,7 @@ fn check_limit(limit: usize) -> Result<(), ArgError> {
 
 /// Reads a Python `limit` argument: an int (not a bool) that is at least 1.
 pub fn extract_limit(value: &Bound<'_, PyAny>) -> Result<usize, ArgError> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(ArgError::type_(
-            "limit",
-            format!("must be an int, got {value}"),
-        ));
-    }
-    let Ok(as_int) = value.extract::<i128>() else {
-        let kind = type_name(value);
-        return Err(ArgError::type_(
-            "limit",
-            format!("must be an int, got {kind}"),
-        ));
-    };
-    if as_int < 1 {
-        return Err(ArgError::value(
-            "limit",
-            format!("must be an integer >= 1, got {as_int}"),
-        ));
-    }
-    usize::try_from(as_int).map_err(|_| ArgError::value("limit", format!("is too large: {as_int}")))
+    whole_number("limit", value)?.at_least("limit", 1)
 }
 
 /// A `timeout` argument as a number of seconds (`None` stays `None`); a bool or str is not one.
@@ -207,6 +188,16 @@ fn timeout_seconds(value: Option<&Bound<'_, PyAny>>) -> Result<Option<f64>, ArgE
     let Some(value) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
+    if let Some(huge) = int_beyond_float(value) {
+        // Too long for a float is too long for the clock too: no limit, as `None` is.
+        return match huge {
+            WholeNumber::Huge { negative: true, .. } => Err(ArgError::value(
+                "timeout",
+                format!("must be a finite number of seconds >= 0, got {huge}"),
+            )),
+            _ => Ok(Some(f64::MAX)),
+        };
+    }
     let number = if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
         None
     } else {
