@@ -137,6 +137,7 @@ extractor!(window -> f64 = number("window"));
 extractor!(backoff -> f64 = number("backoff"));
 extractor!(failure_rate -> Option<f64> = optional_number("failure_rate"));
 extractor!(max_reset_timeout -> Option<f64> = optional_number("max_reset_timeout"));
+extractor!(probe_timeout -> Option<f64> = optional_number("probe_timeout"));
 extractor!(fallback -> Option<Py<PyAny>> = optional_callable("fallback"));
 extractor!(clock -> Option<Py<PyAny>> = optional_callable("clock"));
 
@@ -238,6 +239,29 @@ impl TicketPy {
 impl Drop for TicketPy {
     fn drop(&mut self) {
         if let Some(ticket) = self.take() {
+            self.core.settle(ticket, Outcome::Ignored, 0.0);
+        }
+    }
+}
+
+/// An admission `call` holds while its function runs. Dropped unsettled (a listener raised
+/// as the call was admitted, or anything else ended `call` early) it settles as ignored, so
+/// no way out of `call` can keep a probe slot.
+struct Admitted<'a> {
+    core: &'a Breaker,
+    ticket: Option<Ticket>,
+}
+
+impl Admitted<'_> {
+    fn take(mut self) -> Option<Ticket> {
+        self.ticket.take()
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            // An ignored outcome never changes the state, so there is nothing to announce.
             self.core.settle(ticket, Outcome::Ignored, 0.0);
         }
     }
@@ -384,6 +408,7 @@ impl BreakerPy {
         failure_threshold = 5,
         reset_timeout = 30.0,
         half_open_max_calls = 1,
+        probe_timeout = None,
         success_threshold = 1,
         failure_rate = None,
         window = 60.0,
@@ -400,6 +425,7 @@ impl BreakerPy {
         #[pyo3(from_py_with = failure_threshold)] failure_threshold: u32,
         #[pyo3(from_py_with = reset_timeout)] reset_timeout: f64,
         #[pyo3(from_py_with = half_open_max_calls)] half_open_max_calls: u32,
+        #[pyo3(from_py_with = probe_timeout)] probe_timeout: Option<f64>,
         #[pyo3(from_py_with = success_threshold)] success_threshold: u32,
         #[pyo3(from_py_with = failure_rate)] failure_rate: Option<f64>,
         #[pyo3(from_py_with = window)] window: f64,
@@ -414,6 +440,7 @@ impl BreakerPy {
             failure_threshold,
             reset_timeout,
             half_open_max_calls,
+            probe_timeout,
             success_threshold,
             failure_rate,
             window,
@@ -450,9 +477,15 @@ impl BreakerPy {
         let this = slf.get();
         let started = this.now(py)?;
         let (admission, transition) = this.core.admit(started);
+        let admitted = admission.map(|ticket| Admitted {
+            core: &this.core,
+            ticket: Some(ticket),
+        });
+        // A listener that raises past the logging (KeyboardInterrupt) ends the call here;
+        // `admitted` gives its slot back as it goes.
         Self::announce(slf, transition)?;
-        let ticket = match admission {
-            Ok(ticket) => ticket,
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
             Err(rejected) => {
                 return match &this.fallback {
                     Some(fallback) => fallback.bind(py).call(args, kwargs),
@@ -466,7 +499,9 @@ impl BreakerPy {
             Ok(_) => Outcome::Success,
             Err(err) => this.classify(py, err.value(py)),
         };
-        Self::settle(slf, ticket, outcome, started)?;
+        if let Some(ticket) = admitted.take() {
+            Self::settle(slf, ticket, outcome, started)?;
+        }
         result
     }
 
@@ -587,6 +622,12 @@ impl BreakerPy {
     #[getter]
     fn half_open_max_calls(&self) -> u32 {
         self.core.config().half_open_max_calls
+    }
+
+    /// The bound on a probe in seconds, the default worked out.
+    #[getter]
+    fn probe_timeout(&self) -> f64 {
+        self.core.config().probe_timeout()
     }
 
     #[getter]

@@ -370,6 +370,31 @@ CONFIGURATION: dict[str, list[Row]] = {
             "ValueError: half_open_max_calls: must be an integer >= 1, got 0",
         ),
         Row(
+            "CircuitBreaker('db', probe_timeout=0)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got 0",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=-5)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got -5",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=math.inf)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got inf",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout='5')",
+            "TypeError: probe_timeout: must be a number, got '5'",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=10**400)",
+            (
+                "ValueError: probe_timeout: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row("result = CircuitBreaker('db', reset_timeout=5).probe_timeout", "30.0"),
+        Row("result = CircuitBreaker('db', reset_timeout=90).probe_timeout", "90.0"),
+        Row(
             "CircuitBreaker('db', success_threshold=0)",
             "ValueError: success_threshold: must be an integer >= 1, got 0",
         ),
