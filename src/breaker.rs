@@ -8,6 +8,11 @@
 //! generation it was admitted under. A result that comes back after the breaker has moved on
 //! (a slow call started while closed that fails once the breaker is already half-open) is
 //! counted in the totals but cannot touch the current state.
+//!
+//! A probe holds its half-open slot for at most `probe_timeout` seconds. A probe that has not
+//! reported by then (it hangs, or whoever ran it vanished) gives the slot back to the next
+//! caller, and its result, should it ever come, is treated like a late one: counted in the
+//! totals, never moving the state.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -51,6 +56,8 @@ pub struct Config {
     pub reset_timeout: f64,
     /// Probes allowed in flight at once while half-open.
     pub half_open_max_calls: u32,
+    /// How long a probe may hold its slot; `None` for the default (see `probe_timeout()`).
+    pub probe_timeout: Option<f64>,
     /// Probe successes that close a half-open breaker.
     pub success_threshold: u32,
     /// Open when this share of the calls in `window` failed (0 < rate <= 1); off when `None`.
@@ -70,6 +77,7 @@ impl Default for Config {
             failure_threshold: 5,
             reset_timeout: 30.0,
             half_open_max_calls: 1,
+            probe_timeout: None,
             success_threshold: 1,
             failure_rate: None,
             window: 60.0,
@@ -80,7 +88,18 @@ impl Default for Config {
     }
 }
 
+/// The shortest default bound on a probe, whatever `reset_timeout` is.
+const MIN_DEFAULT_PROBE_TIMEOUT: f64 = 30.0;
+
 impl Config {
+    /// How long a probe may hold its slot: as set, or by default the larger of
+    /// `reset_timeout` and 30 seconds (a probe may take as long as the breaker waited before
+    /// sending it, and an ordinary slow call is not cut short when `reset_timeout` is small).
+    pub fn probe_timeout(&self) -> f64 {
+        self.probe_timeout
+            .unwrap_or(self.reset_timeout.max(MIN_DEFAULT_PROBE_TIMEOUT))
+    }
+
     pub fn validate(&self) -> Result<(), ArgError> {
         for (param, value) in [
             ("failure_threshold", self.failure_threshold),
@@ -100,6 +119,14 @@ impl Config {
                     self.reset_timeout
                 ),
             ));
+        }
+        if let Some(bound) = self.probe_timeout {
+            if !(bound.is_finite() && bound > 0.0) {
+                return Err(ArgError::value(
+                    "probe_timeout",
+                    format!("must be a finite number of seconds > 0, got {bound}"),
+                ));
+            }
         }
         if !(self.window.is_finite() && self.window > 0.0) {
             return Err(ArgError::value(
@@ -198,11 +225,13 @@ impl fmt::Display for Seconds {
     }
 }
 
-/// The right to report one call's result. `probe` marks a half-open probe slot.
+/// The right to report one call's result. `probe` marks a half-open probe slot, and `slot`
+/// tells that probe's reservation apart from the others (0 for a call that is no probe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     pub generation: u64,
     pub probe: bool,
+    pub slot: u64,
 }
 
 /// A call refused without running: the breaker is open, or half-open with every probe slot
@@ -231,6 +260,15 @@ pub struct Stats {
     pub total_failures: u64,
     pub rejected: u64,
     pub probes_in_flight: u32,
+    /// Probe reservations that ran out before their probe reported.
+    pub probes_expired: u64,
+}
+
+/// A half-open probe slot, held until the probe reports or `expires` passes.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    slot: u64,
+    expires: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -313,7 +351,11 @@ struct Inner {
     opened_at: f64,
     open_for: f64,
     consecutive_failures: u32,
-    probes_in_flight: u32,
+    /// At most `half_open_max_calls` entries, so memory is bounded by the configuration.
+    probes: Vec<Reservation>,
+    /// The last `Ticket::slot` handed out.
+    last_slot: u64,
+    probes_expired: u64,
     probe_successes: u32,
     window: Window,
     total_successes: u64,
@@ -330,6 +372,8 @@ impl Inner {
         let from = self.state;
         self.state = to;
         self.generation += 1;
+        // Reservations belong to one half-open period; results from them are now late.
+        self.probes.clear();
         match to {
             State::Open => {
                 self.open_for = match (from, config.max_reset_timeout) {
@@ -340,7 +384,6 @@ impl Inner {
                 self.window.clear();
             }
             State::HalfOpen => {
-                self.probes_in_flight = 0;
                 self.probe_successes = 0;
             }
             State::Closed => {
@@ -360,6 +403,27 @@ impl Inner {
     fn poll(&mut self, config: &Config, now: f64) -> Option<Transition> {
         (self.state == State::Open && now >= self.open_until())
             .then(|| self.enter(config, State::HalfOpen, Reason::TimeoutElapsed, now))
+    }
+
+    /// Frees the slots of probes that have held them past their bound.
+    fn expire_probes(&mut self, now: f64) {
+        let before = self.probes.len();
+        self.probes.retain(|probe| now < probe.expires);
+        self.probes_expired += (before - self.probes.len()) as u64;
+    }
+
+    /// Takes a probe's reservation back. True when it was still held at `now`, so the
+    /// probe's result may move the state; false when it had already run out.
+    fn release_probe(&mut self, slot: u64, now: f64) -> bool {
+        let Some(index) = self.probes.iter().position(|p| p.slot == slot) else {
+            return false;
+        };
+        let probe = self.probes.swap_remove(index);
+        if now < probe.expires {
+            return true;
+        }
+        self.probes_expired += 1;
+        false
     }
 
     fn failed_while_closed(&mut self, config: &Config, now: f64) -> Option<Transition> {
@@ -398,7 +462,9 @@ impl Breaker {
             opened_at: 0.0,
             open_for: config.reset_timeout,
             consecutive_failures: 0,
-            probes_in_flight: 0,
+            probes: Vec::new(),
+            last_slot: 0,
+            probes_expired: 0,
             probe_successes: 0,
             window: Window::new(config.window),
             total_successes: 0,
@@ -416,21 +482,30 @@ impl Breaker {
     }
 
     /// Lets a call through or refuses it, in one step under the lock: half-open hands out at
-    /// most `half_open_max_calls` probe slots however many threads race for them.
+    /// most `half_open_max_calls` probe slots however many threads race for them, each for
+    /// at most `probe_timeout` seconds.
     pub fn admit(&self, now: f64) -> (Result<Ticket, Rejected>, Option<Transition>) {
         let mut inner = self.inner.lock();
         let transition = inner.poll(&self.config, now);
         let generation = inner.generation;
+        if inner.state == State::HalfOpen {
+            inner.expire_probes(now);
+        }
         let admitted = match inner.state {
             State::Closed => Ok(Ticket {
                 generation,
                 probe: false,
+                slot: 0,
             }),
-            State::HalfOpen if inner.probes_in_flight < self.config.half_open_max_calls => {
-                inner.probes_in_flight += 1;
+            State::HalfOpen if inner.probes.len() < self.config.half_open_max_calls as usize => {
+                inner.last_slot += 1;
+                let slot = inner.last_slot;
+                let expires = now + self.config.probe_timeout();
+                inner.probes.push(Reservation { slot, expires });
                 Ok(Ticket {
                     generation,
                     probe: true,
+                    slot,
                 })
             }
             State::HalfOpen => Err(Rejected {
@@ -459,10 +534,14 @@ impl Breaker {
         if ticket.generation != inner.generation {
             return None;
         }
+        // A probe whose reservation ran out reports too late to move the state, just like a
+        // call from an earlier generation.
+        if ticket.probe && !inner.release_probe(ticket.slot, now) {
+            return None;
+        }
         let config = &self.config;
         match (inner.state, ticket.probe, outcome) {
             (State::HalfOpen, true, Outcome::Success) => {
-                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
                 inner.probe_successes += 1;
                 inner.consecutive_failures = 0;
                 (inner.probe_successes >= config.success_threshold).then(|| {
@@ -474,10 +553,7 @@ impl Breaker {
                 inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
                 Some(inner.enter(config, State::Open, Reason::ProbeFailed, now))
             }
-            (State::HalfOpen, true, Outcome::Ignored) => {
-                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
-                None
-            }
+            (State::HalfOpen, true, Outcome::Ignored) => None,
             (State::Closed, _, Outcome::Success) => {
                 inner.consecutive_failures = 0;
                 if config.failure_rate.is_some() {
@@ -548,7 +624,8 @@ impl Breaker {
             total_successes: inner.total_successes,
             total_failures: inner.total_failures,
             rejected: inner.rejected,
-            probes_in_flight: inner.probes_in_flight,
+            probes_in_flight: u32::try_from(inner.probes.len()).unwrap_or(u32::MAX),
+            probes_expired: inner.probes_expired,
         }
     }
 }
@@ -576,7 +653,7 @@ mod tests {
     #[test]
     fn bad_configs_name_the_parameter() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 13] = [
+        let cases: [(&str, Spoil); 17] = [
             ("failure_threshold", |c| c.failure_threshold = 0),
             ("half_open_max_calls", |c| c.half_open_max_calls = 0),
             ("success_threshold", |c| c.success_threshold = 0),
@@ -584,6 +661,10 @@ mod tests {
             ("reset_timeout", |c| c.reset_timeout = -1.0),
             ("reset_timeout", |c| c.reset_timeout = f64::NAN),
             ("window", |c| c.window = 0.0),
+            ("probe_timeout", |c| c.probe_timeout = Some(0.0)),
+            ("probe_timeout", |c| c.probe_timeout = Some(-1.0)),
+            ("probe_timeout", |c| c.probe_timeout = Some(f64::NAN)),
+            ("probe_timeout", |c| c.probe_timeout = Some(f64::INFINITY)),
             ("failure_rate", |c| c.failure_rate = Some(0.0)),
             ("failure_rate", |c| c.failure_rate = Some(1.5)),
             ("failure_rate", |c| c.failure_rate = Some(f64::NAN)),
@@ -990,5 +1071,147 @@ mod tests {
         }
         let stats = b.stats();
         assert_eq!(stats.rejected, (ROUNDS * (THREADS - SLOTS as usize)) as u64);
+    }
+
+    /// Opened at 0 by one failure, half-open from 1; probes may hold a slot for 5 seconds.
+    fn half_open_at_one(half_open_max_calls: u32) -> Breaker {
+        let b = breaker(Config {
+            failure_threshold: 1,
+            reset_timeout: 1.0,
+            probe_timeout: Some(5.0),
+            half_open_max_calls,
+            ..Config::default()
+        });
+        run(&b, Outcome::Failure, 0.0);
+        b
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_frees_its_slot_after_probe_timeout() {
+        let b = half_open_at_one(1);
+        let hung = admitted(&b, 1.0);
+        assert!(hung.probe);
+        let full = Err(Rejected {
+            state: State::HalfOpen,
+            retry_after: 0.0,
+        });
+        assert_eq!(b.admit(5.999).0, full, "still within its bound");
+        let next = admitted(&b, 6.0);
+        assert!(next.probe, "the slot is free again at the bound");
+        assert_eq!(b.stats().probes_expired, 1);
+        assert_eq!(b.stats().probes_in_flight, 1);
+        let t = b.settle(next, Outcome::Success, 6.5).expect("closes");
+        assert_eq!((t.from, t.to), (State::HalfOpen, State::Closed));
+        // The hung probe finally fails: counted, but it cannot reopen a breaker that has
+        // moved on without it.
+        assert_eq!(b.settle(hung, Outcome::Failure, 100.0), None);
+        let stats = b.stats();
+        assert_eq!(stats.state, State::Closed);
+        assert_eq!((stats.total_failures, stats.total_successes), (2, 1));
+        assert_eq!(stats.failure_count, 0);
+    }
+
+    #[test]
+    fn a_probe_reporting_after_its_bound_is_ignored_even_if_nobody_took_its_slot() {
+        let b = half_open_at_one(1);
+        let slow = admitted(&b, 1.0);
+        assert_eq!(
+            b.settle(slow, Outcome::Success, 6.0),
+            None,
+            "too late to close"
+        );
+        let stats = b.stats();
+        assert_eq!(stats.state, State::HalfOpen);
+        assert_eq!((stats.total_successes, stats.probes_expired), (1, 1));
+        assert_eq!(stats.probes_in_flight, 0);
+        let slow = admitted(&b, 6.0);
+        assert_eq!(
+            b.settle(slow, Outcome::Failure, 11.0),
+            None,
+            "too late to reopen"
+        );
+        assert_eq!(b.stats().state, State::HalfOpen);
+        // A probe within its bound still decides.
+        let quick = admitted(&b, 11.0);
+        let t = b.settle(quick, Outcome::Failure, 15.999).expect("reopens");
+        assert_eq!(t.reason, Reason::ProbeFailed);
+    }
+
+    #[test]
+    fn a_late_probe_cannot_touch_the_probe_that_replaced_it() {
+        let b = half_open_at_one(1);
+        let hung = admitted(&b, 1.0);
+        let replacement = admitted(&b, 6.0);
+        assert_eq!(b.settle(hung, Outcome::Failure, 7.0), None);
+        assert_eq!(b.settle(hung, Outcome::Ignored, 7.0), None);
+        assert_eq!(
+            b.stats().probes_in_flight,
+            1,
+            "the replacement keeps its slot"
+        );
+        assert!(b.admit(7.0).0.is_err());
+        let t = b
+            .settle(replacement, Outcome::Failure, 7.0)
+            .expect("the replacement decides");
+        assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
+    }
+
+    #[test]
+    fn expired_slots_are_reused_so_reservations_stay_bounded() {
+        const SLOTS: u32 = 3;
+        let b = half_open_at_one(SLOTS);
+        let mut now = 1.0;
+        let mut hung = Vec::new();
+        for _ in 0..100 {
+            for _ in 0..SLOTS {
+                hung.push(admitted(&b, now));
+            }
+            assert!(b.admit(now).0.is_err());
+            assert_eq!(b.stats().probes_in_flight, SLOTS);
+            now += 5.0;
+        }
+        assert_eq!(b.stats().probes_expired, u64::from(SLOTS) * 99);
+        for ticket in hung {
+            b.settle(ticket, Outcome::Failure, now);
+        }
+        let stats = b.stats();
+        assert_eq!(stats.state, State::HalfOpen, "no late failure reopened it");
+        assert_eq!(stats.probes_in_flight, 0);
+        assert_eq!(stats.probes_expired, u64::from(SLOTS) * 100);
+        assert_eq!(stats.total_failures, 1 + u64::from(SLOTS) * 100);
+    }
+
+    #[test]
+    fn an_unsettled_probe_from_an_earlier_half_open_period_is_forgotten() {
+        let b = half_open_at_one(1);
+        let hung = admitted(&b, 1.0);
+        b.trip(2.0);
+        let fresh = admitted(&b, 3.0);
+        assert_eq!(b.stats().probes_in_flight, 1, "only the fresh reservation");
+        assert_eq!(b.settle(hung, Outcome::Success, 3.0), None);
+        assert!(
+            b.admit(3.0).0.is_err(),
+            "the fresh probe still holds the slot"
+        );
+        assert!(b.settle(fresh, Outcome::Success, 3.0).is_some());
+    }
+
+    #[test]
+    fn probe_timeout_defaults_to_reset_timeout_but_at_least_thirty_seconds() {
+        let with = |reset_timeout, probe_timeout| Config {
+            reset_timeout,
+            probe_timeout,
+            ..Config::default()
+        };
+        assert_eq!(Config::default().probe_timeout(), 30.0);
+        assert_eq!(with(0.0, None).probe_timeout(), 30.0);
+        assert_eq!(with(120.0, None).probe_timeout(), 120.0);
+        assert_eq!(with(120.0, Some(2.5)).probe_timeout(), 2.5);
+        let b = breaker(with(0.0, None));
+        b.trip(0.0);
+        let hung = admitted(&b, 0.0);
+        assert!(b.admit(29.999).0.is_err());
+        assert!(admitted(&b, 30.0).probe);
+        assert_eq!(b.settle(hung, Outcome::Success, 31.0), None);
     }
 }

@@ -15,7 +15,7 @@ use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
-use crate::errors::{describe, type_name, ArgError};
+use crate::errors::{describe, int_beyond_float, type_name, whole_number, ArgError};
 
 pyo3::create_exception!(
     tidegate._tidegate,
@@ -36,25 +36,7 @@ pub fn prepare_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// An int >= 1 that fits in a u32 (a bool is not an int here).
 fn count(param: &'static str, value: &Bound<'_, PyAny>) -> Result<u32, ArgError> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(ArgError::type_(
-            param,
-            format!("must be an int, got {}", describe(value)),
-        ));
-    }
-    let Ok(n) = value.extract::<i128>() else {
-        return Err(ArgError::type_(
-            param,
-            format!("must be an int, got {}", type_name(value)),
-        ));
-    };
-    if n < 1 {
-        return Err(ArgError::value(
-            param,
-            format!("must be an integer >= 1, got {n}"),
-        ));
-    }
-    u32::try_from(n).map_err(|_| ArgError::value(param, format!("is too large: {n}")))
+    whole_number(param, value)?.at_least(param, 1)
 }
 
 /// A real number; range checks happen in `Config::validate`.
@@ -63,6 +45,12 @@ fn number(param: &'static str, value: &Bound<'_, PyAny>) -> Result<f64, ArgError
         return Err(ArgError::type_(
             param,
             format!("must be a number, got {}", describe(value)),
+        ));
+    }
+    if let Some(huge) = int_beyond_float(value) {
+        return Err(ArgError::value(
+            param,
+            format!("must be a finite number, got {huge}"),
         ));
     }
     value
@@ -149,6 +137,7 @@ extractor!(window -> f64 = number("window"));
 extractor!(backoff -> f64 = number("backoff"));
 extractor!(failure_rate -> Option<f64> = optional_number("failure_rate"));
 extractor!(max_reset_timeout -> Option<f64> = optional_number("max_reset_timeout"));
+extractor!(probe_timeout -> Option<f64> = optional_number("probe_timeout"));
 extractor!(fallback -> Option<Py<PyAny>> = optional_callable("fallback"));
 extractor!(clock -> Option<Py<PyAny>> = optional_callable("clock"));
 
@@ -250,6 +239,29 @@ impl TicketPy {
 impl Drop for TicketPy {
     fn drop(&mut self) {
         if let Some(ticket) = self.take() {
+            self.core.settle(ticket, Outcome::Ignored, 0.0);
+        }
+    }
+}
+
+/// An admission `call` holds while its function runs. Dropped unsettled (a listener raised
+/// as the call was admitted, or anything else ended `call` early) it settles as ignored, so
+/// no way out of `call` can keep a probe slot.
+struct Admitted<'a> {
+    core: &'a Breaker,
+    ticket: Option<Ticket>,
+}
+
+impl Admitted<'_> {
+    fn take(mut self) -> Option<Ticket> {
+        self.ticket.take()
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            // An ignored outcome never changes the state, so there is nothing to announce.
             self.core.settle(ticket, Outcome::Ignored, 0.0);
         }
     }
@@ -396,6 +408,7 @@ impl BreakerPy {
         failure_threshold = 5,
         reset_timeout = 30.0,
         half_open_max_calls = 1,
+        probe_timeout = None,
         success_threshold = 1,
         failure_rate = None,
         window = 60.0,
@@ -412,6 +425,7 @@ impl BreakerPy {
         #[pyo3(from_py_with = failure_threshold)] failure_threshold: u32,
         #[pyo3(from_py_with = reset_timeout)] reset_timeout: f64,
         #[pyo3(from_py_with = half_open_max_calls)] half_open_max_calls: u32,
+        #[pyo3(from_py_with = probe_timeout)] probe_timeout: Option<f64>,
         #[pyo3(from_py_with = success_threshold)] success_threshold: u32,
         #[pyo3(from_py_with = failure_rate)] failure_rate: Option<f64>,
         #[pyo3(from_py_with = window)] window: f64,
@@ -426,6 +440,7 @@ impl BreakerPy {
             failure_threshold,
             reset_timeout,
             half_open_max_calls,
+            probe_timeout,
             success_threshold,
             failure_rate,
             window,
@@ -462,9 +477,15 @@ impl BreakerPy {
         let this = slf.get();
         let started = this.now(py)?;
         let (admission, transition) = this.core.admit(started);
+        let admitted = admission.map(|ticket| Admitted {
+            core: &this.core,
+            ticket: Some(ticket),
+        });
+        // A listener that raises past the logging (KeyboardInterrupt) ends the call here;
+        // `admitted` gives its slot back as it goes.
         Self::announce(slf, transition)?;
-        let ticket = match admission {
-            Ok(ticket) => ticket,
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
             Err(rejected) => {
                 return match &this.fallback {
                     Some(fallback) => fallback.bind(py).call(args, kwargs),
@@ -478,7 +499,9 @@ impl BreakerPy {
             Ok(_) => Outcome::Success,
             Err(err) => this.classify(py, err.value(py)),
         };
-        Self::settle(slf, ticket, outcome, started)?;
+        if let Some(ticket) = admitted.take() {
+            Self::settle(slf, ticket, outcome, started)?;
+        }
         result
     }
 
@@ -599,6 +622,12 @@ impl BreakerPy {
     #[getter]
     fn half_open_max_calls(&self) -> u32 {
         self.core.config().half_open_max_calls
+    }
+
+    /// The bound on a probe in seconds, the default worked out.
+    #[getter]
+    fn probe_timeout(&self) -> f64 {
+        self.core.config().probe_timeout()
     }
 
     #[getter]

@@ -153,7 +153,202 @@ pub fn describe(value: &pyo3::Bound<'_, pyo3::PyAny>) -> String {
         .unwrap_or_else(|_| format!("<{}>", type_name(value)))
 }
 
+/// An `int` argument as Python gave it, however large: only its size decides its range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WholeNumber {
+    /// Fits in an i128.
+    Exact(i128),
+    /// Beyond what an i128 holds. `shown` is its value for a message, cut short when long.
+    Huge { negative: bool, shown: String },
+}
+
+impl WholeNumber {
+    /// The value when it is at least `min` and fits in `T`; otherwise a `ValueError` naming
+    /// `param` that says which bound it broke and shows the value.
+    pub fn at_least<T: TryFrom<i128>>(
+        &self,
+        param: &'static str,
+        min: i128,
+    ) -> Result<T, ArgError> {
+        let too_small =
+            || ArgError::value(param, format!("must be an integer >= {min}, got {self}"));
+        let too_large = || ArgError::value(param, format!("is too large: {self}"));
+        match self {
+            Self::Exact(n) if *n < min => Err(too_small()),
+            Self::Exact(n) => T::try_from(*n).map_err(|_| too_large()),
+            Self::Huge { negative: true, .. } => Err(too_small()),
+            Self::Huge {
+                negative: false, ..
+            } => Err(too_large()),
+        }
+    }
+
+    /// The value, with anything beyond the i128 range pinned to its nearest end: for a
+    /// parameter that caps large values anyway.
+    pub fn saturated(&self) -> i128 {
+        match self {
+            Self::Exact(n) => *n,
+            Self::Huge { negative: true, .. } => i128::MIN,
+            Self::Huge {
+                negative: false, ..
+            } => i128::MAX,
+        }
+    }
+}
+
+impl fmt::Display for WholeNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(n) => write!(f, "{n}"),
+            Self::Huge { shown, .. } => f.write_str(shown),
+        }
+    }
+}
+
+/// How many digits of a huge int a message repeats before it cuts the rest short.
+const SHOWN_DIGITS: usize = 64;
+
+/// A huge int's decimal text for a message: whole when short, else its first digits and how
+/// many there are (Python refuses to print an int of more than a few thousand digits at all).
+fn show_huge(exact: &pyo3::Bound<'_, pyo3::PyAny>) -> String {
+    use pyo3::types::PyAnyMethods;
+    let Ok(text) = exact.repr().map(|r| r.to_string()) else {
+        let bits = exact
+            .call_method0("bit_length")
+            .and_then(|b| b.extract::<u64>())
+            .map_or_else(|_| "many".to_owned(), |b| b.to_string());
+        let sign = if exact.lt(0).unwrap_or(false) {
+            "a negative"
+        } else {
+            "an"
+        };
+        return format!("{sign} int of {bits} bits");
+    };
+    let (sign, digits) = text.split_at(usize::from(text.starts_with('-')));
+    if digits.len() <= SHOWN_DIGITS {
+        return text;
+    }
+    format!(
+        "{sign}{}... ({} digits)",
+        &digits[..SHOWN_DIGITS],
+        digits.len()
+    )
+}
+
+/// Reads an `int` argument whole. A value that is not an int (a bool is not one here) is a
+/// `TypeError` naming `param`; an int of any size is not, so the caller can refuse one out of
+/// range with a `ValueError` (`WholeNumber::at_least`) instead of calling it the wrong type.
+pub fn whole_number(
+    param: &'static str,
+    value: &pyo3::Bound<'_, pyo3::PyAny>,
+) -> Result<WholeNumber, ArgError> {
+    use pyo3::exceptions::PyOverflowError;
+    use pyo3::types::{PyAnyMethods, PyBool};
+    if value.is_instance_of::<PyBool>() {
+        return Err(ArgError::type_(
+            param,
+            format!("must be an int, got {}", describe(value)),
+        ));
+    }
+    match value.extract::<i128>() {
+        Ok(n) => Ok(WholeNumber::Exact(n)),
+        Err(err) if err.is_instance_of::<PyOverflowError>(value.py()) => Ok(huge(value)),
+        Err(_) => Err(ArgError::type_(
+            param,
+            format!("must be an int, got {}", type_name(value)),
+        )),
+    }
+}
+
+/// An int too large for a float (beyond about 1.8e308, where `float()` raises
+/// `OverflowError`), so that a parameter taking seconds can say it is out of range rather
+/// than the wrong type; `None` for anything else.
+pub fn int_beyond_float(value: &pyo3::Bound<'_, pyo3::PyAny>) -> Option<WholeNumber> {
+    use pyo3::types::{PyAnyMethods, PyBool, PyInt};
+    let beyond = value.is_instance_of::<PyInt>()
+        && !value.is_instance_of::<PyBool>()
+        && value.extract::<f64>().is_err();
+    beyond.then(|| huge(value))
+}
+
+/// An int known to be beyond the i128 range, described for a message.
+fn huge(value: &pyo3::Bound<'_, pyo3::PyAny>) -> WholeNumber {
+    use pyo3::types::PyAnyMethods;
+    // `operator.index` gives the plain int an int subclass stands for, whose text is its
+    // digits whatever the subclass's own `repr` says.
+    let exact = value
+        .py()
+        .import("operator")
+        .and_then(|operator| operator.call_method1("index", (value,)));
+    let exact = exact.as_ref().unwrap_or(value);
+    WholeNumber::Huge {
+        negative: exact.lt(0).unwrap_or(false),
+        shown: show_huge(exact),
+    }
+}
+
 /// Turns an I/O failure on a named path into an `OSError` that says what was being done.
 pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> PyErr {
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn huge(negative: bool) -> WholeNumber {
+        let digits = format!("1{}", "0".repeat(40));
+        let shown = if negative {
+            format!("-{digits}")
+        } else {
+            digits
+        };
+        WholeNumber::Huge { negative, shown }
+    }
+
+    #[test]
+    fn a_whole_number_in_range_comes_back_in_the_type_asked_for() {
+        assert_eq!(WholeNumber::Exact(7).at_least::<u32>("n", 1), Ok(7_u32));
+        assert_eq!(WholeNumber::Exact(0).at_least::<u64>("n", 0), Ok(0_u64));
+        let max = i128::from(u32::MAX);
+        assert_eq!(
+            WholeNumber::Exact(max).at_least::<u32>("n", 1),
+            Ok(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn out_of_range_is_a_value_error_naming_the_parameter_and_the_value() {
+        let cases = [
+            (
+                WholeNumber::Exact(0),
+                "n: must be an integer >= 1, got 0".to_owned(),
+            ),
+            (
+                WholeNumber::Exact(-3),
+                "n: must be an integer >= 1, got -3".to_owned(),
+            ),
+            (
+                WholeNumber::Exact(i128::from(u32::MAX) + 1),
+                "n: is too large: 4294967296".to_owned(),
+            ),
+            (huge(false), format!("n: is too large: 1{}", "0".repeat(40))),
+            (
+                huge(true),
+                format!("n: must be an integer >= 1, got -1{}", "0".repeat(40)),
+            ),
+        ];
+        for (number, message) in cases {
+            let err = number.at_least::<u32>("n", 1).expect_err("out of range");
+            assert!(matches!(err, ArgError::Value { param: "n", .. }), "{err:?}");
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn saturation_pins_huge_values_to_the_ends() {
+        assert_eq!(WholeNumber::Exact(-5).saturated(), -5);
+        assert_eq!(huge(false).saturated(), i128::MAX);
+        assert_eq!(huge(true).saturated(), i128::MIN);
+    }
 }

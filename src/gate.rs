@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
-use crate::errors::{type_name, ArgError};
+use crate::errors::{int_beyond_float, whole_number, ArgError, WholeNumber};
 
 /// How long a waiter sleeps at most before it looks for signals (Ctrl-C) again.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -180,26 +180,7 @@ fn check_limit(limit: usize) -> Result<(), ArgError> {
 
 /// Reads a Python `limit` argument: an int (not a bool) that is at least 1.
 pub fn extract_limit(value: &Bound<'_, PyAny>) -> Result<usize, ArgError> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(ArgError::type_(
-            "limit",
-            format!("must be an int, got {value}"),
-        ));
-    }
-    let Ok(as_int) = value.extract::<i128>() else {
-        let kind = type_name(value);
-        return Err(ArgError::type_(
-            "limit",
-            format!("must be an int, got {kind}"),
-        ));
-    };
-    if as_int < 1 {
-        return Err(ArgError::value(
-            "limit",
-            format!("must be an integer >= 1, got {as_int}"),
-        ));
-    }
-    usize::try_from(as_int).map_err(|_| ArgError::value("limit", format!("is too large: {as_int}")))
+    whole_number("limit", value)?.at_least("limit", 1)
 }
 
 /// A `timeout` argument as a number of seconds (`None` stays `None`); a bool or str is not one.
@@ -207,6 +188,16 @@ fn timeout_seconds(value: Option<&Bound<'_, PyAny>>) -> Result<Option<f64>, ArgE
     let Some(value) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
+    if let Some(huge) = int_beyond_float(value) {
+        // Too long for a float is too long for the clock too: no limit, as `None` is.
+        return match huge {
+            WholeNumber::Huge { negative: true, .. } => Err(ArgError::value(
+                "timeout",
+                format!("must be a finite number of seconds >= 0, got {huge}"),
+            )),
+            _ => Ok(Some(f64::MAX)),
+        };
+    }
     let number = if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
         None
     } else {
@@ -228,20 +219,23 @@ fn timeout_seconds(value: Option<&Bound<'_, PyAny>>) -> Result<Option<f64>, ArgE
     }
 }
 
-/// Reads an optional timeout in seconds: `None` waits forever; otherwise finite and >= 0.
+/// Reads an optional timeout in seconds: `None` waits forever; otherwise finite and >= 0. A
+/// finite timeout too long for a `Duration` (over about 584 billion years) waits forever too.
 fn extract_timeout(timeout: Option<f64>) -> Result<Option<Duration>, ArgError> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => {
-            Ok(Some(Duration::try_from_secs_f64(t).map_err(|_| {
-                ArgError::value("timeout", format!("is out of range: {t}"))
-            })?))
-        }
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Duration::try_from_secs_f64(t).ok()),
         Some(t) => Err(ArgError::value(
             "timeout",
             format!("must be a finite number of seconds >= 0, got {t}"),
         )),
     }
+}
+
+/// The moment a wait of `timeout` that starts at `now` gives up; `None` when it never does,
+/// which includes a timeout that reaches past the last instant the clock can represent.
+fn deadline_after(now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| now.checked_add(t))
 }
 
 /// A concurrency limit that sheds excess work at once.
@@ -304,7 +298,7 @@ impl GatePy {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<PermitPy>> {
         let timeout = extract_timeout(timeout_seconds(timeout)?)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = deadline_after(Instant::now(), timeout);
         loop {
             let gate = &self.gate;
             match py.detach(|| gate.wait_slice(deadline)) {
@@ -478,7 +472,7 @@ mod tests {
         let waiter = {
             let gate = gate.clone();
             thread::spawn(move || {
-                let deadline = Some(Instant::now() + Duration::from_secs(5));
+                let deadline = deadline_after(Instant::now(), Some(Duration::from_secs(5)));
                 loop {
                     if let Some(done) = gate.wait_slice(deadline) {
                         return done;
@@ -497,7 +491,7 @@ mod tests {
         let gate = Gate::new(1).expect("valid limit");
         assert!(gate.try_acquire());
         let started = Instant::now();
-        let deadline = Some(started + Duration::from_millis(30));
+        let deadline = deadline_after(started, Some(Duration::from_millis(30)));
         let outcome = loop {
             if let Some(done) = gate.wait_slice(deadline) {
                 break done;
@@ -505,5 +499,48 @@ mod tests {
         };
         assert!(!outcome);
         assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_timeout_too_long_to_represent_never_expires() {
+        let now = Instant::now();
+        for seconds in [1e19, 1.8e19, 1e20, 1e300, f64::MAX] {
+            let timeout = extract_timeout(Some(seconds)).expect("a finite timeout is accepted");
+            assert_eq!(deadline_after(now, timeout), None, "{seconds}");
+        }
+        assert_eq!(
+            deadline_after(now, Some(Duration::MAX)),
+            None,
+            "a Duration past the clock's last instant"
+        );
+        let ordinary = extract_timeout(Some(2.5)).expect("valid timeout");
+        assert_eq!(
+            deadline_after(now, ordinary),
+            Some(now + Duration::from_millis(2500))
+        );
+        assert_eq!(deadline_after(now, None), None);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let err = extract_timeout(Some(bad)).expect_err("refused");
+            assert!(err.to_string().starts_with("timeout: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_wait_without_a_deadline_still_gets_the_released_slot() {
+        let gate = Arc::new(Gate::new(1).expect("valid limit"));
+        assert!(gate.try_acquire());
+        let timeout = extract_timeout(Some(1e19)).expect("valid timeout");
+        let deadline = deadline_after(Instant::now(), timeout);
+        let waiter = {
+            let gate = gate.clone();
+            thread::spawn(move || loop {
+                if let Some(done) = gate.wait_slice(deadline) {
+                    return done;
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(20));
+        gate.release();
+        assert!(waiter.join().expect("waiter thread"));
     }
 }

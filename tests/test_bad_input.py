@@ -49,6 +49,28 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row("CapacityGate(0)", "ValueError: limit: must be an integer >= 1, got 0"),
         Row("CapacityGate(-3)", "ValueError: limit: must be an integer >= 1, got -3"),
         Row("CapacityGate(2**64)", "ValueError: limit: is too large: 18446744073709551616"),
+        Row(
+            "CapacityGate(10**40)",
+            "ValueError: limit: is too large: 10000000000000000000000000000000000000000",
+        ),
+        Row(
+            "CapacityGate(-(10**40))",
+            (
+                "ValueError: limit: must be an integer >= 1, got "
+                "-10000000000000000000000000000000000000000"
+            ),
+        ),
+        Row(
+            "CapacityGate(10**100)",
+            (
+                "ValueError: limit: is too large: "
+                "1000000000000000000000000000000000000000000000000000000000000000... (101 digits)"
+            ),
+        ),
+        Row(
+            "CapacityGate(10**5000)",
+            "ValueError: limit: is too large: an int of 16610 bits",
+        ),
         Row("CapacityGate('8')", "TypeError: limit: must be an int, got str"),
         Row("CapacityGate(8.0)", "TypeError: limit: must be an int, got float"),
         Row("CapacityGate(True)", "TypeError: limit: must be an int, got True"),
@@ -56,6 +78,10 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "gate = CapacityGate(2); gate.limit = 0",
             "ValueError: limit: must be an integer >= 1, got 0",
+        ),
+        Row(
+            "gate = CapacityGate(2); gate.limit = 10**40",
+            "ValueError: limit: is too large: 10000000000000000000000000000000000000000",
         ),
         Row(
             "CapacityGate(1).acquire(timeout=-1)",
@@ -72,6 +98,22 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "CapacityGate(1).acquire(timeout='1')",
             "TypeError: timeout: must be a number of seconds or None, got str",
+        ),
+        Row(
+            "gate = CapacityGate(1); result = gate.acquire(timeout=1e19).released",
+            "False",
+        ),
+        Row(
+            "gate = CapacityGate(1); result = gate.acquire(timeout=10**400).released",
+            "False",
+        ),
+        Row(
+            "CapacityGate(1).acquire(timeout=-(10**400))",
+            (
+                "ValueError: timeout: must be a finite number of seconds >= 0, got "
+                "-1000000000000000000000000000000000000000000000000000000000000000... "
+                "(401 digits)"
+            ),
         ),
     ],
     "RetryAfter": [
@@ -246,6 +288,73 @@ CONFIGURATION: dict[str, list[Row]] = {
             "ValueError: failure_threshold: is too large: 1099511627776",
         ),
         Row(
+            "CircuitBreaker('db', failure_threshold=10**40)",
+            (
+                "ValueError: failure_threshold: is too large: "
+                "10000000000000000000000000000000000000000"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', half_open_max_calls=10**40)",
+            (
+                "ValueError: half_open_max_calls: is too large: "
+                "10000000000000000000000000000000000000000"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', success_threshold=10**40)",
+            (
+                "ValueError: success_threshold: is too large: "
+                "10000000000000000000000000000000000000000"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', minimum_calls=10**40)",
+            "ValueError: minimum_calls: is too large: 10000000000000000000000000000000000000000",
+        ),
+        Row(
+            "CircuitBreaker('db', failure_threshold=-(10**40))",
+            (
+                "ValueError: failure_threshold: must be an integer >= 1, got "
+                "-10000000000000000000000000000000000000000"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', reset_timeout=10**400)",
+            (
+                "ValueError: reset_timeout: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', window=10**400)",
+            (
+                "ValueError: window: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', backoff=10**400)",
+            (
+                "ValueError: backoff: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', failure_rate=10**400)",
+            (
+                "ValueError: failure_rate: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row(
+            "CircuitBreaker('db', max_reset_timeout=10**400)",
+            (
+                "ValueError: max_reset_timeout: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row(
             "CircuitBreaker('db', reset_timeout=-1)",
             "ValueError: reset_timeout: must be a finite number of seconds >= 0, got -1",
         ),
@@ -266,6 +375,31 @@ CONFIGURATION: dict[str, list[Row]] = {
             "CircuitBreaker('db', half_open_max_calls=0)",
             "ValueError: half_open_max_calls: must be an integer >= 1, got 0",
         ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=0)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got 0",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=-5)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got -5",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=math.inf)",
+            "ValueError: probe_timeout: must be a finite number of seconds > 0, got inf",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout='5')",
+            "TypeError: probe_timeout: must be a number, got '5'",
+        ),
+        Row(
+            "CircuitBreaker('db', probe_timeout=10**400)",
+            (
+                "ValueError: probe_timeout: must be a finite number, got "
+                "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
+            ),
+        ),
+        Row("result = CircuitBreaker('db', reset_timeout=5).probe_timeout", "30.0"),
+        Row("result = CircuitBreaker('db', reset_timeout=90).probe_timeout", "90.0"),
         Row(
             "CircuitBreaker('db', success_threshold=0)",
             "ValueError: success_threshold: must be an integer >= 1, got 0",

@@ -8,6 +8,7 @@ import logging
 import random
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -209,6 +210,7 @@ def test_repr_and_configuration_read_back(clock: FakeClock) -> None:
         failure_threshold=2,
         reset_timeout=3.5,
         half_open_max_calls=4,
+        probe_timeout=12.5,
         success_threshold=2,
         failure_rate=0.25,
         window=30.0,
@@ -222,6 +224,9 @@ def test_repr_and_configuration_read_back(clock: FakeClock) -> None:
     assert breaker.name == "payments"
     assert (breaker.failure_threshold, breaker.reset_timeout) == (2, 3.5)
     assert (breaker.half_open_max_calls, breaker.success_threshold) == (4, 2)
+    assert breaker.probe_timeout == 12.5
+    assert CircuitBreaker("x").probe_timeout == 30.0
+    assert CircuitBreaker("x", reset_timeout=90).probe_timeout == 90.0
     assert (breaker.failure_rate, breaker.window, breaker.minimum_calls) == (0.25, 30.0, 20)
     assert (breaker.max_reset_timeout, breaker.backoff) == (60.0, 1.5)
     assert breaker.exclude == (KeyError,)
@@ -619,6 +624,173 @@ def test_an_excluded_probe_frees_its_slot(clock: FakeClock) -> None:
     assert breaker.state == "closed"
 
 
+# --- probes that never come back ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_hung_probe_gives_its_slot_back_after_probe_timeout(form: str, clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        "db", failure_threshold=1, reset_timeout=1.0, probe_timeout=5.0, clock=clock
+    )
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    clock.advance(1.0)
+    entered, release = threading.Event(), threading.Event()
+
+    def hangs() -> None:
+        entered.set()
+        release.wait(timeout=60)
+        raise ConnectionError("answered at last")
+
+    thread, box = run_in_thread(lambda: _invoke(form, breaker, hangs))
+    try:
+        assert entered.wait(timeout=10)
+        assert breaker.state == "half_open"
+        with pytest.raises(CircuitOpenError):
+            breaker.call(ok)
+        clock.advance(4.9)
+        with pytest.raises(CircuitOpenError):
+            breaker.call(ok)
+        clock.advance(0.1)
+        assert breaker.call(ok, 7) == 7, "the slot is free again after probe_timeout"
+        assert breaker.state == "closed"
+    finally:
+        release.set()
+        thread.join(timeout=10)
+    assert isinstance(box[0], ConnectionError), "the late probe's own error still reaches it"
+    # Its failure is counted but cannot reopen a breaker that moved on without it.
+    assert (breaker.state, breaker.failure_count) == ("closed", 0)
+    assert (breaker.total_failures, breaker.total_successes) == (2, 1)
+
+
+def test_a_probe_answering_after_its_bound_cannot_close_the_breaker(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        "db", failure_threshold=1, reset_timeout=1.0, probe_timeout=5.0, clock=clock
+    )
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    clock.advance(1.0)
+
+    def slow() -> str:
+        clock.advance(5.0)
+        return "late"
+
+    assert breaker.call(slow) == "late"
+    assert breaker.state == "half_open", "a success after the bound proves too little"
+    assert breaker.total_successes == 1
+    assert breaker.call(ok) == 1
+    assert breaker.state == "closed"
+
+
+@pytest.mark.timeout(30)
+def test_a_hung_probe_frees_its_slot_on_the_real_clock() -> None:
+    bound = 0.2
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=0, probe_timeout=bound)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    entered, release = threading.Event(), threading.Event()
+
+    def hangs() -> str:
+        entered.set()
+        release.wait(timeout=60)
+        return "late"
+
+    thread, box = run_in_thread(lambda: breaker.call(hangs))
+    try:
+        assert entered.wait(timeout=10)
+        started = time.monotonic()
+        refused = 0
+        while time.monotonic() - started < 10:
+            try:
+                assert breaker.call(ok) == 1
+                break
+            except CircuitOpenError:
+                refused += 1
+                time.sleep(0.01)
+        waited = time.monotonic() - started
+        assert breaker.state == "closed"
+        assert refused > 0
+        assert bound * 0.9 <= waited < 5
+    finally:
+        release.set()
+        thread.join(timeout=10)
+    assert box == ["late"]
+    assert breaker.state == "closed"
+
+
+# --- listeners that raise ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_listener_interrupting_the_move_to_half_open_leaks_no_probe_slot(
+    form: str, clock: FakeClock
+) -> None:
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=1.0, clock=clock)
+    ran: list[str] = []
+
+    def interrupts(_b: CircuitBreaker, _old: str, new: str) -> None:
+        if new == "half_open":
+            raise Interrupt
+
+    breaker.add_listener(interrupts)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    clock.advance(1.0)
+    with pytest.raises(Interrupt):
+        _invoke(form, breaker, lambda: ran.append("probe"))
+    assert ran == [], "the interrupted call never ran"
+    assert breaker.state == "half_open"
+    assert breaker.call(ok, 3) == 3, "the probe slot came back"
+    assert breaker.state == "closed"
+    assert (breaker.total_failures, breaker.total_successes, breaker.rejected) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_listener_failing_on_the_move_to_half_open_is_logged_and_the_probe_runs(
+    form: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=1.0, clock=clock)
+
+    def broken(_b: CircuitBreaker, _old: str, new: str) -> None:
+        if new == "half_open":
+            raise RuntimeError("listener bug")
+
+    breaker.add_listener(broken)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    clock.advance(1.0)
+    with caplog.at_level(logging.ERROR, logger="tidegate"):
+        assert _invoke(form, breaker, ok, 5) == 5
+    assert breaker.state == "closed"
+    logged = [r for r in caplog.records if r.name == "tidegate" and r.exc_info]
+    assert len(logged) == 1
+    assert isinstance(logged[0].exc_info and logged[0].exc_info[1], RuntimeError)
+
+
+@pytest.mark.parametrize("moving_to", ["closed", "open"])
+@pytest.mark.parametrize("form", FORMS)
+def test_a_listener_interrupting_the_probes_outcome_leaves_the_breaker_sound(
+    form: str, moving_to: str, clock: FakeClock
+) -> None:
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=1.0, clock=clock)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    clock.advance(1.0)
+
+    def interrupts(_b: CircuitBreaker, _old: str, new: str) -> None:
+        if new == moving_to:
+            raise Interrupt
+
+    breaker.add_listener(interrupts)
+    with pytest.raises(Interrupt):
+        _invoke(form, breaker, ok if moving_to == "closed" else fail)
+    breaker.remove_listener(interrupts)
+    assert breaker.state == moving_to, "the probe's outcome was applied before the listener ran"
+    clock.advance(1.0)
+    assert breaker.call(ok) == 1, "no slot is held"
+    assert breaker.state == "closed"
+
+
 # --- fallback ----------------------------------------------------------------------------------
 
 
@@ -941,6 +1113,15 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"reset_timeout": "30"}, TypeError, "reset_timeout: must be a number, got '30'"),
     ({"reset_timeout": None}, TypeError, "reset_timeout: must be a number, got NoneType"),
     ({"window": 0}, ValueError, "window: must be a finite number of seconds > 0, got 0"),
+    ({"probe_timeout": 0}, ValueError, "probe_timeout: must be a finite number of seconds > 0"),
+    ({"probe_timeout": -1}, ValueError, "probe_timeout: must be a finite number of seconds > 0"),
+    ({"probe_timeout": float("nan")}, ValueError, "probe_timeout: must be a finite number"),
+    ({"probe_timeout": float("inf")}, ValueError, "probe_timeout: must be a finite number"),
+    ({"probe_timeout": 10**400}, ValueError, "probe_timeout: must be a finite number, got 1000"),
+    ({"probe_timeout": "5"}, TypeError, "probe_timeout: must be a number, got '5'"),
+    ({"probe_timeout": True}, TypeError, "probe_timeout: must be a number, got True"),
+    ({"failure_threshold": 10**40}, ValueError, "failure_threshold: is too large: 1" + "0" * 40),
+    ({"minimum_calls": -(10**40)}, ValueError, "minimum_calls: must be an integer >= 1, got -1"),
     ({"failure_rate": 0}, ValueError, "failure_rate: must be in (0, 1], got 0"),
     ({"failure_rate": 1.01}, ValueError, "failure_rate: must be in (0, 1], got 1.01"),
     ({"failure_rate": float("nan")}, ValueError, "failure_rate: must be in (0, 1]"),

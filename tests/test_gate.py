@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import signal
 import threading
+import time
 
 import pytest
 
@@ -112,6 +114,51 @@ def test_acquire_times_out_and_counts_one_rejection() -> None:
 def test_bad_timeout_names_the_parameter(bad: float) -> None:
     with pytest.raises(ValueError, match="timeout"):
         CapacityGate(1).acquire(timeout=bad)
+
+
+@pytest.mark.parametrize("huge", [1e19, 1e20, 1e300, float(2**63)])
+def test_a_timeout_too_long_to_represent_means_no_limit(huge: float) -> None:
+    gate = CapacityGate(1)
+    first = gate.acquire(timeout=huge)
+    assert first is not None, "a free slot is taken at once"
+    got: list[Permit | None] = []
+    waiting = threading.Thread(target=lambda: got.append(gate.acquire(timeout=huge)))
+    waiting.start()
+    # The waiter is still waiting after longer than any slice of its wait.
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive() and got == []
+    first.release()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
+    assert got and got[0] is not None
+    assert (gate.in_flight, gate.admitted, gate.rejected) == (1, 2, 0)
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(signum: int, frame: object) -> None:
+    raise _Alarm
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+def test_a_wait_with_a_huge_timeout_is_still_interrupted_by_a_signal() -> None:
+    gate = CapacityGate(1)
+    held = gate.try_acquire()
+    assert held is not None
+    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    started = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(_Alarm):
+            gate.acquire(timeout=1e19)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 5
+    assert gate.rejected == 1
+    assert gate.in_flight == 1
 
 
 def test_many_threads_never_exceed_the_limit() -> None:

@@ -81,6 +81,8 @@ class CapacityGate:
         """Wait up to ``timeout`` seconds (``None``: no limit) for a permit, GIL released.
 
         Returns ``None`` when the time runs out. Signals (Ctrl-C) interrupt the wait.
+        ``timeout`` is a finite number >= 0; one too long for the clock to count (such as
+        ``1e19``, hundreds of billions of years) is no limit, as ``None`` is.
         """
 
 @final
@@ -241,6 +243,12 @@ class CircuitBreaker:
     close it, one probe failure opens it again. With ``max_reset_timeout``, each re-trip from
     half-open multiplies the open time by ``backoff`` up to that cap; a close starts over.
 
+    A probe holds its slot for at most ``probe_timeout`` seconds (default: the larger of
+    ``reset_timeout`` and 30), so a probe that hangs, or whose thread is gone, cannot keep the
+    breaker half-open and refusing for ever: once the bound passes, the next call takes the
+    slot. The late probe's result, when it comes, is counted in ``total_failures`` or
+    ``total_successes`` but moves the state no more than any other late result.
+
     Exceptions that are instances of ``exclude``, and ``BaseException`` that is not an
     ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``), count as neither
     failure nor success: they propagate and free the probe slot they held. A call admitted
@@ -252,7 +260,8 @@ class CircuitBreaker:
     ``TypeError`` naming the parameter.
 
     Transitions are logged on the ``tidegate`` logger (warning when opening, info otherwise)
-    and passed to listeners. ``tidegate.CircuitBreaker`` adds the decorator form.
+    and passed to listeners (see ``add_listener``). ``tidegate.CircuitBreaker`` adds the
+    decorator form.
     """
 
     def __new__(
@@ -262,6 +271,7 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         reset_timeout: float = 30.0,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         success_threshold: int = 1,
         failure_rate: float | None = None,
         window: float = 60.0,
@@ -329,6 +339,10 @@ class CircuitBreaker:
     @property
     def half_open_max_calls(self) -> int: ...
     @property
+    def probe_timeout(self) -> float:
+        """Seconds a probe may hold its slot, the default worked out."""
+
+    @property
     def success_threshold(self) -> int: ...
     @property
     def failure_rate(self) -> float | None: ...
@@ -358,7 +372,13 @@ class CircuitBreaker:
     def add_listener(self, listener: _L, /) -> _L:
         """Call ``listener(breaker, old_state, new_state)`` after every transition, from the
         thread that caused it, with no lock held. Returns ``listener`` (usable as a
-        decorator). A listener raising an ``Exception`` is logged, never propagated."""
+        decorator).
+
+        A listener is for observing: one raising an ``Exception`` is logged on the
+        ``tidegate`` logger (with its traceback) and the next listener runs. Any other
+        ``BaseException`` (``KeyboardInterrupt``) propagates from the call that caused the
+        transition, but only once the breaker is consistent: a call admitted as that
+        transition happened does not run and gives its probe slot back."""
 
     def remove_listener(self, listener: Callable[..., object], /) -> None:
         """Forget a listener (compared with ``==``); ``ValueError`` if it is not registered."""
