@@ -8,7 +8,6 @@ is off the hot path through :class:`tidegate._policy.Policy`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -132,9 +131,25 @@ class TideGateMiddleware(MiddlewareCore):
     def _serve_dependency(
         self, environ: WSGIEnvironment, start_response: StartResponse, error: BaseException
     ) -> Iterable[bytes]:
-        return _send(
-            environ, start_response, self.policy.dependency_response(environ, error), sys.exc_info()
-        )
+        rendered = self.policy.dependency_response(environ, error)
+        try:
+            # The usual case: the app raised before starting a response. No exc_info here:
+            # clients that re-raise whenever it is given (Werkzeug's test client) would turn
+            # a response that can still be sent into an error.
+            start_response(rendered.status, list(rendered.headers))
+            refused = False
+        except Exception:
+            # A PEP 3333 server refuses a second start_response without exc_info, with an
+            # error of its choosing: the app had started a response of its own.
+            refused = True
+        if refused:
+            # Out of the handler above, so the app's error is not chained to the refusal.
+            # Given the app's error, the server replaces the headers it has not sent yet, or
+            # re-raises the error when they are already out.
+            start_response(
+                rendered.status, list(rendered.headers), (type(error), error, error.__traceback__)
+            )
+        return _body(environ, rendered)
 
     def _serve_maintenance(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -144,10 +159,11 @@ class TideGateMiddleware(MiddlewareCore):
 
 
 def _send(
-    environ: WSGIEnvironment,
-    start_response: StartResponse,
-    rendered: Rendered,
-    exc_info: Any = None,
+    environ: WSGIEnvironment, start_response: StartResponse, rendered: Rendered
 ) -> list[bytes]:
-    start_response(rendered.status, list(rendered.headers), exc_info)
+    start_response(rendered.status, list(rendered.headers))
+    return _body(environ, rendered)
+
+
+def _body(environ: WSGIEnvironment, rendered: Rendered) -> list[bytes]:
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [rendered.body]
