@@ -8,6 +8,7 @@ is off the hot path through :class:`tidegate._policy.Policy`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -143,12 +144,14 @@ class TideGateMiddleware(MiddlewareCore):
             # error of its choosing: the app had started a response of its own.
             refused = True
         if refused:
-            # Out of the handler above, so the app's error is not chained to the refusal.
-            # Given the app's error, the server replaces the headers it has not sent yet, or
-            # re-raises the error when they are already out.
-            start_response(
-                rendered.status, list(rendered.headers), (type(error), error, error.__traceback__)
-            )
+            # Given the app's error as exc_info, the server replaces the headers it has not sent
+            # yet, or re-raises the error when they are already out. It is raised again here,
+            # out of the handler above, so that it is also the exception being handled, with
+            # no server error chained to it: wsgiref re-raises that one, not exc_info.
+            try:
+                raise error
+            except BaseException:
+                start_response(rendered.status, list(rendered.headers), sys.exc_info())
         return _body(environ, rendered)
 
     def _serve_maintenance(
