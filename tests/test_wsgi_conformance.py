@@ -393,16 +393,21 @@ def _unavailable(name: str) -> None:
     pytest.skip(reason)
 
 
+def conformance_server(name: str, **options: Any) -> ServerProcess:
+    """The server ``name`` serving ``conformance_application`` with a few threads."""
+    _unavailable(name)
+    if name == "gunicorn":
+        options["threads"] = 4
+    else:
+        options["ready_path"] = "/health/live"
+    return SERVERS[name]("gunicorn_apps:conformance_application", **options)
+
+
 @pytest.fixture(scope="module", params=sorted(SERVERS))
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     name: str = request.param
-    _unavailable(name)
     state = tmp_path_factory.mktemp(name) / "state.json"
-    with SERVERS[name](
-        "gunicorn_apps:conformance_application",
-        env={STATE_ENV: str(state)},
-        **({"threads": 4} if name == "gunicorn" else {"ready_path": "/health/live"}),
-    ) as server:
+    with conformance_server(name, env={STATE_ENV: str(state)}) as server:
         yield Served(server, state)
         output = server.output()
     assert "Traceback" not in output, output
@@ -428,3 +433,14 @@ def test_real_servers_send_every_503_whole(
             except AssertionError as failure:
                 raise AssertionError(f"{served.server.name}, {accept}: {failure}") from None
     assert served.status("/work?ms=0") == 200, "the server is back to serving"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_every_server_stops_with_all_its_processes(name: str) -> None:
+    with conformance_server(name) as server:
+        group = server.pid
+        assert server.fetch("/health/live").status == 200
+        os.killpg(group, 0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
