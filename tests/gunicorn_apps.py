@@ -177,7 +177,12 @@ ready_application = TideGateMiddleware(
 
 #: Opened afresh before every call through it: the call fails fast, a full reset_timeout
 #: before the next probe.
-dependency = CircuitBreaker("conformance-db", failure_threshold=1, reset_timeout=600)
+DEPENDENCY_RESET_TIMEOUT = 600
+dependency = CircuitBreaker(
+    "conformance-db", failure_threshold=1, reset_timeout=DEPENDENCY_RESET_TIMEOUT
+)
+#: The overload 503's Retry-After in ``conformance_application``.
+CONFORMANCE_RETRY_AFTER = 2
 HOLD_PATH = "/_hold"
 RELEASE_PATH = "/_release"
 _held: list[Any] = []
@@ -220,7 +225,7 @@ def _conformance_application() -> TideGateMiddleware:
         maintenance=switch,
         health=HealthChecks(),
         exempt_paths=[HOLD_PATH, RELEASE_PATH],
-        retry_after=2,
+        retry_after=CONFORMANCE_RETRY_AFTER,
     )
 
 

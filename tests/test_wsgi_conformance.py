@@ -31,7 +31,12 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
-from gunicorn_apps import STATE_ENV, conformance_app
+from gunicorn_apps import (
+    CONFORMANCE_RETRY_AFTER,
+    DEPENDENCY_RESET_TIMEOUT,
+    STATE_ENV,
+    conformance_app,
+)
 from servers import HOST, SERVERS, ServerProcess, missing, wait_for
 from werkzeug.test import Client
 
@@ -47,13 +52,12 @@ from tidegate.wsgi import TideGateMiddleware
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 ACCEPTS = {"json": "application/json", "html": BROWSER}
-METHODS = ("GET", "HEAD")
-#: The Retry-After of the overload 503 (the middleware's ``retry_after``), as the real
-#: servers' ``conformance_application`` sets it too.
-OVERLOAD_RETRY_AFTER = "2"
+#: The overload 503's Retry-After: the middleware's ``retry_after``, in process as in the
+#: real servers' ``conformance_application``.
+OVERLOAD_RETRY_AFTER = str(CONFORMANCE_RETRY_AFTER)
 MAINTENANCE_RETRY_AFTER = 120
 #: ``gunicorn_apps.dependency`` is opened afresh on every call: a full ``reset_timeout``.
-DEPENDENCY_RETRY_AFTER = "600"
+DEPENDENCY_RETRY_AFTER = str(DEPENDENCY_RESET_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,7 @@ def arranged(kind: Kind, wrap: Callable[[Any], Any] = lambda app: app) -> Iterat
             gate=gate,
             maintenance=switch,
             health=health,
-            retry_after=int(OVERLOAD_RETRY_AFTER),
+            retry_after=CONFORMANCE_RETRY_AFTER,
         )
         assert gate.in_flight == (1 if kind is OVERLOAD else 0), "a permit leaked"
 
