@@ -1,14 +1,19 @@
-"""A WSGI app for the real-server tests, wrapped in TideGateMiddleware, that measures from
+"""WSGI apps for the real-server tests, wrapped in TideGateMiddleware; the app measures from
 inside how many requests it is handling at once.
 
-Gunicorn imports it as ``gunicorn_apps:application`` (from the tests directory). The limit is
-``TIDEGATE_TEST_LIMIT`` (default 4). ``gunicorn_apps:ready_application`` is the same app with
-readiness at ``/health`` and liveness at ``/health/live``. Routes:
+The servers import them from the tests directory: ``gunicorn_apps:application``, whose limit
+is ``TIDEGATE_TEST_LIMIT`` (default 4); ``gunicorn_apps:ready_application``, the same app with
+readiness at ``/health`` and liveness at ``/health/live``; and
+``gunicorn_apps:conformance_application``, which can give every kind of response (see
+``conformance_app``): limit 1, health, and maintenance and drain from the state file named by
+``TIDEGATE_TEST_STATE``. Routes:
 
 - ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``.
 - ``/stream?chunks=100&ms=10``: ``chunks`` chunks of ``tick\\n`` with ``ms`` milliseconds before
   each one after the first. The request counts as inside the app until the server calls the
   body's ``close()``, as PEP 3333 has it.
+- ``/dependency``: calls through an open circuit breaker (``CircuitOpenError`` before the app
+  starts its response); ``/dependency-late`` does so after starting a 200 response.
 - ``/_stats`` (exempt from the gate): JSON with the app's own counts (``inside``, ``worst``,
   ``entered``, the ``streams_*`` counters) and the gate's (``in_flight``, ``peak``,
   ``admitted``, ``rejected``, ``limit``), plus this worker's ``pid``.
@@ -24,13 +29,15 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from tidegate import HealthChecks
+from tidegate import CircuitBreaker, HealthChecks, MaintenanceSwitch
 from tidegate.wsgi import TideGateMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
+#: The state file ``conformance_application`` follows for maintenance and drain.
+STATE_ENV = "TIDEGATE_TEST_STATE"
 STATS_PATH = "/_stats"
 CHUNK = b"tick\n"
 
@@ -166,3 +173,60 @@ application = TideGateMiddleware(measured_app, limit=LIMIT, exempt_paths=[STATS_
 ready_application = TideGateMiddleware(
     measured_app, limit=LIMIT, exempt_paths=[STATS_PATH], health=HealthChecks()
 )
+
+
+#: Opened afresh before every call through it: the call fails fast, a full reset_timeout
+#: before the next probe.
+DEPENDENCY_RESET_TIMEOUT = 600
+dependency = CircuitBreaker(
+    "conformance-db", failure_threshold=1, reset_timeout=DEPENDENCY_RESET_TIMEOUT
+)
+#: The overload 503's Retry-After in ``conformance_application``.
+CONFORMANCE_RETRY_AFTER = 2
+HOLD_PATH = "/_hold"
+RELEASE_PATH = "/_release"
+_held: list[Any] = []
+
+
+def _unreachable() -> list[bytes]:
+    raise AssertionError("an open breaker ran the call")
+
+
+def conformance_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """``measured_app`` plus the two routes that meet an open breaker, and (exempt from the
+    gate in ``conformance_application``) ``/_hold``, which takes its gate's one permit and
+    keeps it, and ``/_release``, which gives it back."""
+    path = environ.get("PATH_INFO", "")
+    if path in ("/dependency", "/dependency-late"):
+        if path == "/dependency-late":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        dependency.open()
+        return dependency.call(_unreachable)
+    if path == HOLD_PATH:
+        permit = conformance_application.gate.try_acquire()
+        if permit is None:
+            return _text(start_response, "409 Conflict", b"the gate is full")
+        _held.append(permit)
+        return _text(start_response, "200 OK", b"held")
+    if path == RELEASE_PATH:
+        while _held:
+            _held.pop().release()
+        return _text(start_response, "200 OK", b"released")
+    return measured_app(environ, start_response)
+
+
+def _conformance_application() -> TideGateMiddleware:
+    state = os.environ.get(STATE_ENV)
+    # A short poll interval: the tests switch maintenance and drain through the file.
+    switch = None if state is None else MaintenanceSwitch(state, env_var=None, poll_interval=0.05)
+    return TideGateMiddleware(
+        conformance_app,
+        limit=1,
+        maintenance=switch,
+        health=HealthChecks(),
+        exempt_paths=[HOLD_PATH, RELEASE_PATH],
+        retry_after=CONFORMANCE_RETRY_AFTER,
+    )
+
+
+conformance_application = _conformance_application()

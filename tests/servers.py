@@ -1,20 +1,29 @@
-"""Real servers for tests: Gunicorn on a loopback port, ready before the test talks to it and
-always stopped afterwards, its workers included, whatever the test did.
+"""Real WSGI servers for tests: Gunicorn, waitress and uWSGI on a loopback port, ready before
+the test talks to them and always stopped afterwards, their workers included, whatever the
+test did.
 
     with GunicornServer("gunicorn_apps:application", threads=16, env={...}) as server:
         reply = server.fetch("/work")
 
-The listening socket is bound here (127.0.0.1, a free port) and handed to Gunicorn as
-``fd://N``, so no other process can take the port between choosing and binding it. Gunicorn
-runs with a generated config that chains the caller's (``config=``) and adds two hooks: each
-worker leaves a file named by its pid once the app is loaded and removes it when it exits.
-Start-up waits for one file per worker; :meth:`GunicornServer.worker_pids` reads them.
+    with SERVERS["uwsgi"]("gunicorn_apps:conformance_application") as server:
+        ...
+
+The listening socket is bound here (127.0.0.1, a free port) and handed to the server as an
+inherited file descriptor (``fd://N``), so no other process can take the port between choosing
+and binding it. Each server runs in a session of its own: stopping it sends SIGTERM, and past
+a deadline SIGKILL to the whole process group.
+
+Gunicorn runs with a generated config that chains the caller's (``config=``) and adds two
+hooks: each worker leaves a file named by its pid once the app is loaded and removes it when it
+exits. Start-up waits for one file per worker; :meth:`GunicornServer.worker_pids` reads them.
+waitress and uWSGI are ready once they answer a request for ``ready_path``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +44,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerProcess")
 
 _CONFIG_TEMPLATE = """\
 import importlib
@@ -132,46 +142,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class GunicornServer:
-    """``python -m gunicorn APP`` on ``127.0.0.1:<free port>``, as a context manager.
+class ServerProcess:
+    """A WSGI server process serving ``app`` (``module:name``) on ``127.0.0.1:<free port>``, as a
+    context manager. Subclasses say how to start it (:meth:`_command`) and when it is ready.
 
-    ``threads`` is passed only when given (Gunicorn turns a ``sync`` worker with more than one
-    thread into ``gthread``). ``args`` are extra command-line arguments, ``env`` extra
-    environment variables, ``config`` a Gunicorn config (a file path or ``python:module``)
-    whose settings and hooks apply, ``chdir`` the directory the app is imported from
-    (default: the tests directory). ``graceful_timeout`` is Gunicorn's; :meth:`stop` sends
-    SIGTERM and, past ``graceful_timeout + 2`` seconds, SIGKILL to the whole process group.
+    ``args`` are extra command-line arguments, ``env`` extra environment variables, ``chdir``
+    the directory the app is imported from (default: the tests directory). :meth:`stop` sends
+    SIGTERM and, past ``stop_timeout`` seconds, SIGKILL to the whole process group.
     """
+
+    #: The server's name in messages.
+    name = "server"
 
     def __init__(
         self,
         app: str,
         *,
-        worker_class: str = "gthread",
-        workers: int = 1,
-        threads: int | None = None,
         args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
-        config: str | os.PathLike[str] | None = None,
         chdir: str | os.PathLike[str] = TESTS_DIR,
-        graceful_timeout: int = 3,
+        stop_timeout: float = 5.0,
         startup_timeout: float = 10.0,
     ) -> None:
         self.app = app
-        self.worker_class = worker_class
-        self.workers = workers
-        self.threads = threads
         self.args = list(args)
         self.env = dict(env or {})
-        self.config = config
         self.chdir = Path(chdir).resolve()
-        self.graceful_timeout = graceful_timeout
+        self.stop_timeout = stop_timeout
         self.startup_timeout = startup_timeout
         self.port = 0
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._last_output = ""
+
+    # -- what each server does differently ---------------------------------------------
+
+    def _command(self, fd: int) -> list[str]:
+        """The command line serving ``self.app`` on the listening socket ``fd``."""
+        raise NotImplementedError
+
+    def _prepare(self, workdir: Path) -> None:
+        """Writes what the command needs into ``workdir`` before it starts."""
+
+    def _ready(self) -> bool:
+        """Whether the server is ready for the test's requests."""
+        raise NotImplementedError
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -185,14 +201,14 @@ class GunicornServer:
 
     @property
     def pid(self) -> int:
-        """The Gunicorn master's pid."""
+        """The pid of the process the test started (Gunicorn's or uWSGI's master)."""
         if self._proc is None:
-            raise ServerError("the server is not running")
+            raise ServerError(f"{self.name} is not running")
         return self._proc.pid
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def __enter__(self) -> GunicornServer:
+    def __enter__(self: S) -> S:
         self.start()
         return self
 
@@ -205,42 +221,18 @@ class GunicornServer:
         self.stop()
 
     def start(self) -> None:
-        """Starts Gunicorn and returns once every worker has loaded the app."""
+        """Starts the server and returns once it is ready."""
         if self._proc is not None:
-            raise ServerError("the server is already running")
-        self._workdir = Path(tempfile.mkdtemp(prefix="gunicorn-test-"))
-        ready_dir = self._workdir / "ready"
-        ready_dir.mkdir()
-        config_path = self._workdir / "config.py"
-        config_path.write_text(
-            _CONFIG_TEMPLATE.format(location=self._config_location(), ready_dir=str(ready_dir))
-        )
+            raise ServerError(f"{self.name} is already running")
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-test-"))
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            self._prepare(self._workdir)
             listener.bind((HOST, 0))
             listener.listen(128)
             self.port = listener.getsockname()[1]
             listener.set_inheritable(True)
-            command = [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"fd://{listener.fileno()}",
-                "--worker-class",
-                self.worker_class,
-                "--workers",
-                str(self.workers),
-                "--graceful-timeout",
-                str(self.graceful_timeout),
-                "--chdir",
-                str(self.chdir),
-                "--config",
-                str(config_path),
-            ]
-            if self.threads is not None:
-                command += ["--threads", str(self.threads)]
-            command += [*self.args, self.app]
+            command = self._command(listener.fileno())
             env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
             env.update(self.env)
             env["PYTHONUNBUFFERED"] = "1"
@@ -252,6 +244,7 @@ class GunicornServer:
                     stderr=subprocess.STDOUT,
                     env=env,
                     pass_fds=[listener.fileno()],
+                    cwd=self.chdir,
                     start_new_session=True,
                 )
         except BaseException:
@@ -266,14 +259,14 @@ class GunicornServer:
             raise
 
     def stop(self) -> None:
-        """SIGTERM to the master, SIGKILL to its process group past the deadline; idempotent."""
+        """SIGTERM to the server, SIGKILL to its process group past the deadline; idempotent."""
         proc = self._proc
         if proc is None:
             return
         try:
             if not _exited(proc.pid):
                 proc.send_signal(signal.SIGTERM)
-                if not self._wait_exited(self.graceful_timeout + 2.0):
+                if not self._wait_exited(self.stop_timeout):
                     os.killpg(proc.pid, signal.SIGKILL)
                     self._wait_exited(5.0)
             # Anything left in the group (a worker of a master that died) goes too.
@@ -290,14 +283,6 @@ class GunicornServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def _config_location(self) -> str | None:
-        if self.config is None:
-            return None
-        location = os.fspath(self.config)
-        if location.startswith("python:"):
-            return location
-        return str(Path(location.removeprefix("file:")).resolve())
-
     def _wait_exited(self, timeout: float) -> bool:
         assert self._proc is not None
         deadline = time.monotonic() + timeout
@@ -310,27 +295,19 @@ class GunicornServer:
     def _wait_until_ready(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
-        while len(self.worker_pids()) < self.workers:
+        while not self._ready():
             if _exited(self._proc.pid):
-                raise ServerError(f"gunicorn exited during start-up:\n{self.output()}")
+                raise ServerError(f"{self.name} exited during start-up:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise ServerError(
-                    f"gunicorn had {len(self.worker_pids())} of {self.workers} workers ready "
-                    f"after {self.startup_timeout}s:\n{self.output()}"
+                    f"{self.name} was not ready after {self.startup_timeout}s:\n{self.output()}"
                 )
             time.sleep(0.02)
 
     # -- inspection --------------------------------------------------------------------
 
-    def worker_pids(self) -> list[int]:
-        """The pids of the workers that have loaded the app and not exited."""
-        if self._workdir is None:
-            return []
-        pids = [int(entry.name) for entry in (self._workdir / "ready").iterdir()]
-        return sorted(pid for pid in pids if _alive(pid))
-
     def output(self) -> str:
-        """What Gunicorn printed so far (its log and any traceback)."""
+        """What the server printed so far (its log and any traceback)."""
         if self._workdir is None:
             return self._last_output
         try:
@@ -361,3 +338,190 @@ class GunicornServer:
             return Response(reply.status, reply.reason, reply.headers, data)
         finally:
             conn.close()
+
+
+class _AnswersRequests(ServerProcess):
+    """A server that is ready once it answers ``GET ready_path`` (any status)."""
+
+    def __init__(self, app: str, *, ready_path: str = "/", **options: Any) -> None:
+        super().__init__(app, **options)
+        self.ready_path = ready_path
+
+    def _ready(self) -> bool:
+        # The socket listens before the server runs, so a request waits in the backlog
+        # until the server takes it; a short timeout lets start-up notice an exit.
+        try:
+            self.fetch(self.ready_path, timeout=0.5)
+        except (OSError, http.client.HTTPException):
+            return False
+        return True
+
+
+class GunicornServer(ServerProcess):
+    """``python -m gunicorn APP``.
+
+    ``threads`` is passed only when given (Gunicorn turns a ``sync`` worker with more than one
+    thread into ``gthread``). ``config`` is a Gunicorn config (a file path or
+    ``python:module``) whose settings and hooks apply. ``graceful_timeout`` is Gunicorn's;
+    :meth:`stop` waits ``graceful_timeout + 2`` seconds before SIGKILL.
+    """
+
+    name = "gunicorn"
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        worker_class: str = "gthread",
+        workers: int = 1,
+        threads: int | None = None,
+        config: str | os.PathLike[str] | None = None,
+        graceful_timeout: int = 3,
+        **options: Any,
+    ) -> None:
+        super().__init__(app, stop_timeout=graceful_timeout + 2.0, **options)
+        self.worker_class = worker_class
+        self.workers = workers
+        self.threads = threads
+        self.config = config
+        self.graceful_timeout = graceful_timeout
+
+    def _prepare(self, workdir: Path) -> None:
+        (workdir / "ready").mkdir()
+        (workdir / "config.py").write_text(
+            _CONFIG_TEMPLATE.format(
+                location=self._config_location(), ready_dir=str(workdir / "ready")
+            )
+        )
+
+    def _command(self, fd: int) -> list[str]:
+        assert self._workdir is not None
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"fd://{fd}",
+            "--worker-class",
+            self.worker_class,
+            "--workers",
+            str(self.workers),
+            "--graceful-timeout",
+            str(self.graceful_timeout),
+            "--chdir",
+            str(self.chdir),
+            "--config",
+            str(self._workdir / "config.py"),
+        ]
+        if self.threads is not None:
+            command += ["--threads", str(self.threads)]
+        return [*command, *self.args, self.app]
+
+    def _ready(self) -> bool:
+        return len(self.worker_pids()) >= self.workers
+
+    def _config_location(self) -> str | None:
+        if self.config is None:
+            return None
+        location = os.fspath(self.config)
+        if location.startswith("python:"):
+            return location
+        return str(Path(location.removeprefix("file:")).resolve())
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers that have loaded the app and not exited."""
+        if self._workdir is None:
+            return []
+        pids = [int(entry.name) for entry in (self._workdir / "ready").iterdir()]
+        return sorted(pid for pid in pids if _alive(pid))
+
+
+_WAITRESS = """\
+import importlib, socket, sys
+import waitress
+fd, app, threads, *settings = sys.argv[1:]
+module, _, name = app.partition(":")
+application = getattr(importlib.import_module(module), name)
+options = dict(setting.split("=", 1) for setting in settings)
+waitress.serve(application, sockets=[socket.socket(fileno=int(fd))], threads=threads, **options)
+"""
+
+
+class WaitressServer(_AnswersRequests):
+    """waitress (one process, ``threads`` threads). Its command line cannot take an inherited
+    socket, so a few lines hand the socket to ``waitress.serve``; ``args`` are its settings
+    as ``name=value``."""
+
+    name = "waitress"
+
+    def __init__(self, app: str, *, threads: int = 4, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.threads = threads
+
+    def _command(self, fd: int) -> list[str]:
+        # ``-c`` puts the working directory, ``chdir``, first on the import path.
+        return [sys.executable, "-c", _WAITRESS, str(fd), self.app, str(self.threads), *self.args]
+
+
+class UwsgiServer(_AnswersRequests):
+    """uWSGI with a master, ``processes`` workers of ``threads`` threads each, speaking HTTP
+    on the socket; each worker imports the app itself (``--lazy-apps``), as Gunicorn's do."""
+
+    name = "uwsgi"
+
+    def __init__(self, app: str, *, processes: int = 1, threads: int = 4, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.processes = processes
+        self.threads = threads
+
+    def _command(self, fd: int) -> list[str]:
+        binary = uwsgi_binary()
+        if binary is None:
+            raise ServerError(f"uwsgi is not installed: {INSTALL_HINT}")
+        command = [
+            binary,
+            "--http-socket",
+            f"fd://{fd}",
+            "--module",
+            self.app,
+            "--chdir",
+            str(self.chdir),
+            "--master",
+            "--processes",
+            str(self.processes),
+            "--threads",
+            str(self.threads),
+            "--lazy-apps",
+            "--need-app",
+            "--die-on-term",
+            "--reload-mercy",
+            str(max(1, int(self.stop_timeout) - 1)),
+        ]
+        # uWSGI embeds its own interpreter: point it at this one's environment.
+        if sys.prefix != sys.base_prefix:
+            command += ["--virtualenv", sys.prefix]
+        return [*command, *self.args]
+
+
+#: Every server the tests can start, by name.
+SERVERS: dict[str, type[ServerProcess]] = {
+    "gunicorn": GunicornServer,
+    "waitress": WaitressServer,
+    "uwsgi": UwsgiServer,
+}
+
+INSTALL_HINT = "pip install -e '.[test]' (uWSGI builds from source: it needs a C compiler)"
+
+
+def uwsgi_binary() -> str | None:
+    """The ``uwsgi`` installed beside this Python (built against it), or on ``PATH``."""
+    return shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
+
+
+def missing(name: str) -> str | None:
+    """Why the server ``name`` cannot run here, or ``None`` when it can."""
+    if name == "uwsgi":
+        found = uwsgi_binary() is not None
+    else:
+        found = importlib.util.find_spec(name) is not None
+    return None if found else f"{name} is not installed: {INSTALL_HINT}"

@@ -132,9 +132,27 @@ class TideGateMiddleware(MiddlewareCore):
     def _serve_dependency(
         self, environ: WSGIEnvironment, start_response: StartResponse, error: BaseException
     ) -> Iterable[bytes]:
-        return _send(
-            environ, start_response, self.policy.dependency_response(environ, error), sys.exc_info()
-        )
+        rendered = self.policy.dependency_response(environ, error)
+        try:
+            # The usual case: the app raised before starting a response. No exc_info here:
+            # clients that re-raise whenever it is given (Werkzeug's test client) would turn
+            # a response that can still be sent into an error.
+            start_response(rendered.status, list(rendered.headers))
+            refused = False
+        except Exception:
+            # A PEP 3333 server refuses a second start_response without exc_info, with an
+            # error of its choosing: the app had started a response of its own.
+            refused = True
+        if refused:
+            # Given the app's error as exc_info, the server replaces the headers it has not sent
+            # yet, or re-raises the error when they are already out. It is raised again here,
+            # out of the handler above, so that it is also the exception being handled, with
+            # no server error chained to it: wsgiref re-raises that one, not exc_info.
+            try:
+                raise error
+            except BaseException:
+                start_response(rendered.status, list(rendered.headers), sys.exc_info())
+        return _body(environ, rendered)
 
     def _serve_maintenance(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -144,10 +162,11 @@ class TideGateMiddleware(MiddlewareCore):
 
 
 def _send(
-    environ: WSGIEnvironment,
-    start_response: StartResponse,
-    rendered: Rendered,
-    exc_info: Any = None,
+    environ: WSGIEnvironment, start_response: StartResponse, rendered: Rendered
 ) -> list[bytes]:
-    start_response(rendered.status, list(rendered.headers), exc_info)
+    start_response(rendered.status, list(rendered.headers))
+    return _body(environ, rendered)
+
+
+def _body(environ: WSGIEnvironment, rendered: Rendered) -> list[bytes]:
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [rendered.body]
