@@ -209,6 +209,11 @@ CONFIGURATION: dict[str, list[Row]] = {
             "TypeError: poll_interval: must be a number of seconds, got bool",
         ),
         Row(
+            "MaintenanceSwitch(poll_interval=10**400)",
+            "ValueError: poll_interval: is out of range: "
+            "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)",
+        ),
+        Row(
             "MaintenanceSwitch(default_retry_after=-1)",
             (
                 "ValueError: default_retry_after: must be whole seconds between 0 and "
@@ -222,6 +227,11 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "MaintenanceSwitch(default_retry_after='60')",
             "TypeError: default_retry_after: must be an int, got str",
+        ),
+        Row(
+            "MaintenanceSwitch(default_retry_after=10**40)",
+            "ValueError: default_retry_after: must be whole seconds between 0 and 2147483648, "
+            "got 10000000000000000000000000000000000000000",
         ),
         Row(
             "MaintenanceSwitch(env_var=None).enable(message=5)",
@@ -243,6 +253,16 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "MaintenanceSwitch(env_var=None).enable(retry_after='60')",
             "TypeError: retry_after: must be an int, a timedelta or None, got str",
+        ),
+        Row(
+            "s = MaintenanceSwitch(env_var=None); s.enable(retry_after=10**40); "
+            "result = s.status().retry_after",
+            "2147483648",
+        ),
+        Row(
+            "MaintenanceSwitch(env_var=None).enable(retry_after=-(10**40))",
+            "ValueError: retry_after: must be whole seconds >= 0, "
+            "got -10000000000000000000000000000000000000000",
         ),
         Row(
             "MaintenanceSwitch(env_var=None).enable(retry_after=timedelta(seconds=-5))",

@@ -758,7 +758,7 @@ def test_writes_are_atomic_to_readers_in_a_tight_loop(
         ("default_retry_after", -1, ValueError, "between 0 and 2147483648, got -1"),
         ("default_retry_after", 2**40, ValueError, f"between 0 and 2147483648, got {2**40}"),
         ("default_retry_after", 1.5, TypeError, "must be an int, got float"),
-        ("default_retry_after", True, TypeError, "must be an int, got bool"),
+        ("default_retry_after", True, TypeError, "must be an int, got True"),
         ("default_retry_after", None, TypeError, "must be an int, got NoneType"),
     ],
 )

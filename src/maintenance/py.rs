@@ -11,7 +11,7 @@ use pyo3::types::{PyBool, PyString};
 
 use super::{ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
 use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
-use crate::errors::{describe, io_error, type_name, ArgError};
+use crate::errors::{describe, int_beyond_float, io_error, type_name, whole_number, ArgError};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
 
 /// Set once the interpreter starts to shut down; held for reading while a thread of ours that
@@ -146,6 +146,12 @@ fn extract_poll_interval(value: Given<'_>) -> Result<Duration, ArgError> {
     let Some(value) = value.0 else {
         return Ok(Config::default().poll_interval);
     };
+    if let Some(huge) = int_beyond_float(&value) {
+        return Err(ArgError::value(
+            "poll_interval",
+            format!("is out of range: {huge}"),
+        ));
+    }
     let seconds = if value.is_instance_of::<PyBool>() {
         None
     } else {
@@ -167,21 +173,12 @@ fn extract_poll_interval(value: Given<'_>) -> Result<Duration, ArgError> {
         .map_err(|_| ArgError::value("poll_interval", format!("is out of range: {seconds}")))
 }
 
-fn extract_whole_seconds(param: &'static str, value: &Bound<'_, PyAny>) -> Result<i128, ArgError> {
-    let whole = if value.is_instance_of::<PyBool>() {
-        None
-    } else {
-        value.extract::<i128>().ok()
-    };
-    whole.ok_or_else(|| ArgError::type_(param, format!("must be an int, got {}", type_name(value))))
-}
-
 fn extract_default_retry_after(value: Given<'_>) -> Result<u64, ArgError> {
     let Some(value) = value.0 else {
         return Ok(Config::default().default_retry_after);
     };
-    let seconds = extract_whole_seconds("default_retry_after", &value)?;
-    u64::try_from(seconds)
+    let seconds = whole_number("default_retry_after", &value)?;
+    u64::try_from(seconds.saturated())
         .ok()
         .filter(|s| *s <= MAX_DELAY)
         .ok_or_else(|| {
@@ -244,7 +241,7 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
         // Rounded up: a client told to come back early only meets the 503 again.
         total.ceil() as i128
     } else {
-        let whole = extract_whole_seconds("retry_after", value).map_err(|_| {
+        let whole = whole_number("retry_after", value).map_err(|_| {
             ArgError::type_(
                 "retry_after",
                 format!(
@@ -253,14 +250,15 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
                 ),
             )
         })?;
-        if whole < 0 {
+        // Beyond the i128 range counts as its nearest end: large values saturate anyway.
+        if whole.saturated() < 0 {
             return Err(ArgError::value(
                 "retry_after",
                 format!("must be whole seconds >= 0, got {whole}"),
             )
             .into());
         }
-        whole
+        whole.saturated()
     };
     Ok(Some(
         u64::try_from(seconds).unwrap_or(MAX_DELAY).min(MAX_DELAY),
