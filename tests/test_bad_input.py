@@ -470,7 +470,28 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row("TideGateMiddleware(app, gate=3)", "TypeError: gate: must be a CapacityGate, got 3"),
         Row(
             "TideGateMiddleware(app, maintenance=42)",
-            ("TypeError: maintenance: must be a MaintenanceSwitch or a state-file path, got 42"),
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got 42"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance=True)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got True"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance=0)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got 0"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance='')",
+            "ValueError: maintenance: state_file: must not be empty, got ''",
         ),
         Row(
             "TideGateMiddleware(app, exempt_paths='/health')",
@@ -594,6 +615,13 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "flask_app.config['TIDEGATE_LIMIT'] = 0; TideGate(flask_app, limit=4) and None",
             "accepted",
+        ),
+        Row(
+            "flask_app.config['TIDEGATE_MAINTENANCE'] = True; TideGate(flask_app)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got True"
+            ),
         ),
         Row(
             "TideGate(flask_app); TideGate(flask_app)",

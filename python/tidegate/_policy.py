@@ -14,7 +14,7 @@ import os
 import random
 import string
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from tidegate._tidegate import CapacityGate, MaintenanceSwitch
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
@@ -22,7 +22,7 @@ from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "Policy"]
+__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy"]
 
 #: Paths never gated nor put in maintenance unless ``exempt_paths`` says otherwise.
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
@@ -116,12 +116,29 @@ def _secret(value: object) -> bytes:
     return value.encode("ascii")
 
 
+#: What ``maintenance`` takes: a switch, a state-file path, ``None`` for the default switch
+#: (this process plus ``MAINTENANCE_MODE``) or ``False`` for no switch at all.
+MaintenanceOption = Union[MaintenanceSwitch, str, "os.PathLike[str]", Literal[False], None]
+
+
 def _maintenance(value: object) -> MaintenanceSwitch | None:
-    if value is None or isinstance(value, MaintenanceSwitch):
+    if value is None:
+        # The default answers to MAINTENANCE_MODE and to the pytest fixtures, as users expect.
+        return MaintenanceSwitch()
+    # False itself only: 0 is a mistake, not "no switch", and True is no switch either.
+    if value is False:
+        return None
+    if isinstance(value, MaintenanceSwitch):
         return value
     if isinstance(value, (str, os.PathLike)):
-        return MaintenanceSwitch(value)
-    raise TypeError(f"maintenance: must be a MaintenanceSwitch or a state-file path, got {value!r}")
+        try:
+            return MaintenanceSwitch(value)
+        except ValueError as exc:
+            raise ValueError(f"maintenance: {exc}") from None
+    raise TypeError(
+        "maintenance: must be a MaintenanceSwitch, a state-file path, None (the default "
+        f"switch) or False (no switch), got {value!r}"
+    )
 
 
 def _health(value: object) -> Any:
@@ -141,7 +158,7 @@ class Policy:
         *,
         limit: int | None = None,
         gate: CapacityGate | None = None,
-        maintenance: Any = None,
+        maintenance: MaintenanceOption = None,
         exempt_paths: Iterable[str] | None = None,
         health: Any = None,
         health_path: str = "/health",
