@@ -721,3 +721,128 @@ def test_bad_breakers_are_refused() -> None:
 def test_a_maintenance_object_without_status_is_refused() -> None:
     with pytest.raises(TypeError, match=r"^maintenance: "):
         HealthChecks().readiness(object())  # type: ignore[arg-type]
+
+
+# --- whatever a check returns or raises, readiness answers ----------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr refused")
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str refused")
+
+
+def raise_unprintable() -> None:
+    raise UnprintableError
+
+
+#: name: (check, the readiness status it must give)
+HOSTILE: dict[str, tuple[Any, int]] = {
+    "nested-5000-deep": (lambda: nested(5000), 200),
+    "repr-raises": (lambda: {"thing": Unrepresentable()}, 200),
+    "not-a-number": (lambda: {"ratio": math.nan}, 200),
+    "str-raises": (raise_unprintable, 503),
+}
+
+
+def hello(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def strict_json(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def get_through_werkzeug(middleware: Any, path: str) -> Any:
+    from wsgiref.validate import validator
+
+    from werkzeug.test import Client
+
+    return Client(validator(middleware)).get(path, buffered=True)
+
+
+@pytest.mark.parametrize("show_details", [False, True], ids=["hidden", "show_details"])
+@pytest.mark.parametrize("name", HOSTILE)
+def test_readiness_answers_whatever_a_check_returns_or_raises(
+    name: str, show_details: bool
+) -> None:
+    from wsgiref.validate import validator
+
+    from tidegate.wsgi import TideGateMiddleware
+
+    check, status = HOSTILE[name]
+    health = HealthChecks(show_details=show_details)
+    health.add(name, check)
+    middleware = TideGateMiddleware(validator(hello), maintenance=False, health=health)
+    reply = get_through_werkzeug(middleware, "/health")
+    assert reply.status_code == status
+    assert reply.headers["Content-Type"] == "application/json"
+    document = strict_json(reply.get_data())
+    assert document["status"] == ("ready" if status == 200 else "unavailable")
+    report = document["checks"][name]
+    assert report["ok"] is (status == 200)
+    if not show_details:
+        assert "detail" not in report and "error" not in report
+    elif status == 503:
+        assert report["error"] == "UnprintableError (its message could not be read)"
+    else:
+        assert isinstance(report["detail"], str), "shown as a (short) repr"
+        assert len(report["detail"]) < 1000
+    if status == 503:
+        assert reply.headers["Retry-After"] == "1"
+
+
+def test_a_checks_dict_is_copied_when_the_check_returns() -> None:
+    shared = {"replica_lag": 1}
+    health = HealthChecks(show_details=True, cache_ttl=60)
+    health.add("lag", lambda: shared)
+    assert health.readiness()[1]["checks"]["lag"]["detail"] == {"replica_lag": 1}
+    shared["replica_lag"] = 99  # the check keeps and changes its own dict
+    assert health.readiness()[1]["checks"]["lag"]["detail"] == {"replica_lag": 1}
+
+
+class BrokenHealth:
+    """A health object of the user's own whose answers cannot be served."""
+
+    def readiness(self, maintenance: object = None) -> tuple[int, dict[str, Any]]:
+        raise RuntimeError("readiness broke")
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "alive", "since": object()}
+
+
+def test_a_health_object_that_breaks_still_gets_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tidegate.wsgi import TideGateMiddleware
+
+    caplog.set_level(logging.ERROR, logger="tidegate")
+    middleware = TideGateMiddleware(hello, maintenance=False, health=BrokenHealth())
+    ready = get_through_werkzeug(middleware, "/health")
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"] == "1"
+    assert strict_json(ready.get_data())["reason"] == "check_failed"
+    live = get_through_werkzeug(middleware, "/health/live")
+    assert live.status_code == 503
+    assert strict_json(live.get_data()) == {"status": "unavailable"}
+    logged = [r for r in caplog.records if r.name == "tidegate"]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [RuntimeError, TypeError]

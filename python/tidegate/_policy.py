@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import os
 import random
@@ -16,7 +17,7 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from tidegate._tidegate import CapacityGate, MaintenanceSwitch
+from tidegate._tidegate import CapacityGate, MaintenanceSwitch, process_draining
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ __all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy"
 
 #: Paths never gated nor put in maintenance unless ``exempt_paths`` says otherwise.
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
+
+logger = logging.getLogger("tidegate")
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -149,6 +152,21 @@ def _health(value: object) -> Any:
     return value
 
 
+def _unanswerable(readiness: bool) -> dict[str, object]:
+    """The body of a health answer whose checks could not be asked: the usual shape, failed."""
+    if not readiness:
+        return {"status": "unavailable"}
+    return {
+        "status": "unavailable",
+        "reason": "check_failed",
+        "maintenance": False,
+        "draining": process_draining(),
+        "retry_after": 1,
+        "checks": {},
+        "breakers": {},
+    }
+
+
 class Policy:
     """Validated options plus the decisions made off the hot path. See
     :class:`tidegate.wsgi.TideGateMiddleware` for what each option means."""
@@ -267,16 +285,29 @@ class Policy:
         return self.render(environ, "dependency", retry_after=seconds)
 
     def health_response(self, path: str) -> Rendered | None:
-        """The readiness or liveness answer for ``path``, or ``None`` for other paths."""
+        """The readiness or liveness answer for ``path``, or ``None`` for other paths.
+
+        Always an answer: should the checks object raise or return a body JSON cannot hold,
+        the error is logged and readiness is a 503 with reason ``check_failed``.
+        """
         if self.health is None:
             return None
         if path == self.health_path:
-            code, document = self.health.readiness(self.maintenance)
+            readiness = True
         elif path == self.live_path:
-            code, document = self.health.liveness()
+            readiness = False
         else:
             return None
-        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        try:
+            if readiness:
+                code, document = self.health.readiness(self.maintenance)
+            else:
+                code, document = self.health.liveness()
+            body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except Exception:
+            logger.exception("%s could not be answered; answering 503", path)
+            code, document = 503, _unanswerable(readiness)
+            body = json.dumps(document, separators=(",", ":")).encode("utf-8")
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -515,7 +516,8 @@ class HealthChecks:
         if call.value is False:
             logger.warning("health check %r returned False", check.name)
             return _Result(False, check.critical, call.elapsed, False, "returned False")
-        return _Result(True, check.critical, call.elapsed, detail=_detail(call.value))
+        detail = _detail(call.value) if self._show_details else None
+        return _Result(True, check.critical, call.elapsed, detail=detail)
 
 
 def _seconds(param: str, value: object, *, allow_zero: bool) -> float:
@@ -554,18 +556,42 @@ def _status_delay(status: MaintenanceStatusLike | None) -> int | None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``"Type: message"`` for a body. Total: an exception whose ``str`` raises is described
+    by its type alone, so a check cannot break readiness by how it fails."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:
+        return f"{name} (its message could not be read)"
+    return f"{name}: {text}" if text else name
+
+
+#: How much of a detail that is not JSON a body shows (as its repr, cut short).
+_DETAIL_REPR = reprlib.Repr()
+_DETAIL_REPR.maxlevel = 3
+_DETAIL_REPR.maxstring = 200
+_DETAIL_REPR.maxother = 200
 
 
 def _detail(value: object) -> object:
-    """A str or dict a check returned, if it can go into a JSON body as it is."""
+    """What a body shows for a check's return value: a str as it is, a dict as a plain JSON
+    copy taken now, anything else nothing.
+
+    Total: a dict that JSON cannot hold (too deep, NaN, odd keys or values, changing under
+    another thread) is shown as a short repr, and one whose repr raises too as its type
+    name, so no return value can break readiness.
+    """
     if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
+        return str.__str__(value)  # a plain copy, whatever a subclass's __str__ does
+    if not isinstance(value, dict):
+        return None
+    try:
+        # A copy of plain JSON types: the check may go on changing its own dict, and the
+        # body is serialised later, on another thread, with no room left for surprises.
+        copied: object = json.loads(json.dumps(value, allow_nan=False))
+    except Exception:  # RecursionError, TypeError, ValueError, RuntimeError, ...
         try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            return repr(value)
-        return value
-    return None
+            return _DETAIL_REPR.repr(value)
+        except Exception:
+            return f"<{type(value).__name__} that cannot be shown>"
+    return copied
