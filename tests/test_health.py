@@ -412,34 +412,80 @@ def test_concurrent_probes_share_one_run() -> None:
         assert results[0][0] == 200
 
 
-def test_a_failing_run_is_logged_once_not_per_probe(caplog: pytest.LogCaptureFixture) -> None:
+def tidegate_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tidegate"]
+
+
+def test_a_failing_check_is_logged_when_it_fails_and_when_it_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Probed once a second for minutes, a failing check logs its traceback once, not 60
+    times a minute; its recovery once; and a new failure once again."""
     clock = FakeClock()
     health = HealthChecks(cache_ttl=1.0, clock=clock)
-    health.add("db", boom)
-    caplog.set_level(logging.WARNING, logger="tidegate")
-    for _ in range(10):
+    check = Counter()
+    failing = True
+
+    def db() -> None:
+        check()
+        if failing:
+            boom()
+
+    health.add("db", db)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(30):  # 30 probes, 15 runs
         assert health.readiness()[0] == 503
-    records = [r for r in caplog.records if r.name == "tidegate"]
-    assert len(records) == 1
-    assert records[0].levelno == logging.WARNING
-    assert "'db'" in records[0].getMessage()
-    assert records[0].exc_info is not None
-    assert records[0].exc_info[0] is RuntimeError
-    clock.advance(1.0)
-    health.readiness()
-    assert len([r for r in caplog.records if r.name == "tidegate"]) == 2
+        clock.advance(0.5)
+    assert check.calls == 15
+    [failed] = tidegate_records(caplog)
+    assert failed.levelno == logging.WARNING
+    assert failed.getMessage() == (
+        "health check 'db' is failing: RuntimeError: secret dsn postgres://admin:hunter2@db"
+    )
+    assert failed.exc_info is not None and failed.exc_info[0] is RuntimeError
+    assert "Traceback" in caplog.text
+    failing = False
+    for _ in range(10):
+        clock.advance(1.0)
+        assert health.readiness()[0] == 200
+    assert [r.getMessage() for r in tidegate_records(caplog)[1:]] == [
+        "health check 'db' passes again"
+    ]
+    failing = True
+    for _ in range(10):
+        clock.advance(1.0)
+        assert health.readiness()[0] == 503
+    assert len(tidegate_records(caplog)) == 3
+    assert tidegate_records(caplog)[2].getMessage().startswith("health check 'db' is failing")
 
 
-def test_timeouts_are_logged(caplog: pytest.LogCaptureFixture, release: threading.Event) -> None:
+def test_timeouts_are_logged_once(
+    caplog: pytest.LogCaptureFixture, release: threading.Event
+) -> None:
     health = HealthChecks(cache_ttl=0)
     health.add("slow", hang(release), timeout=0.05)
-    caplog.set_level(logging.WARNING, logger="tidegate")
-    health.readiness()
-    health.readiness()
-    messages = [r.getMessage() for r in caplog.records if r.name == "tidegate"]
-    assert len(messages) == 2
-    assert "timed out" in messages[0]
-    assert "still running" in messages[1]
+    health.add("fine", lambda: True)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(5):
+        assert health.readiness()[1]["checks"]["slow"]["timed_out"]
+    messages = [r.getMessage() for r in tidegate_records(caplog)]
+    assert messages == ["health check 'slow' is failing: timed out after 0.05s"]
+    release.set()
+    probe_until_ok(health)
+    assert [r.getMessage() for r in tidegate_records(caplog)][1:] == [
+        "health check 'slow' passes again"
+    ]
+
+
+def test_returning_false_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    health = HealthChecks(cache_ttl=0)
+    health.add("flag", lambda: False)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(5):
+        assert health.readiness()[0] == 503
+    [record] = tidegate_records(caplog)
+    assert record.getMessage() == "health check 'flag' is failing: returned False"
+    assert record.exc_info is None
 
 
 # --- error details --------------------------------------------------------------------------

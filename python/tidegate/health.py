@@ -140,6 +140,9 @@ class _Check:
     critical: bool
     # The call still running, if any; guarded by HealthChecks._lock.
     busy: _Call | None = None
+    # Whether the last run found it failing: only a change is logged. Written by the one
+    # run in progress only.
+    failing: bool = False
 
 
 @dataclass(eq=False)
@@ -173,7 +176,8 @@ class HealthChecks:
     ``cache_ttl`` (seconds, >= 0) is how long one run's results answer probes; ``0`` runs the
     checks for every probe that does not find a run already in progress. ``show_details`` puts
     error text and check details in bodies (off by default: bodies may be public; failures are
-    always logged on the ``tidegate`` logger, once per run). ``fail_during_maintenance`` makes
+    logged on the ``tidegate`` logger when a check starts failing, with the traceback, and when
+    it passes again, not on every probe). ``fail_during_maintenance`` makes
     readiness 503 during maintenance, for setups where the reverse proxy serves the maintenance
     page. ``default_timeout`` (seconds, > 0) applies to checks added without a ``timeout``.
     ``clock`` is the monotonic clock the cache reads (for tests).
@@ -453,12 +457,14 @@ class HealthChecks:
             checks = list(self._checks.values())
         # Start every check before waiting for any, so they run side by side.
         started = [(check, self._start(check)) for check in checks]
-        return {
-            check.name: self._await(check, call) if isinstance(call, _Call) else call
-            for check, call in started
-        }
+        results = {}
+        for check, call in started:
+            result, error = self._await(check, call) if isinstance(call, _Call) else call
+            results[check.name] = result
+            _log_change(check, result, error)
+        return results
 
-    def _start(self, check: _Check) -> _Call | _Result:
+    def _start(self, check: _Check) -> _Call | tuple[_Result, BaseException | None]:
         """Start ``check`` in a worker thread, unless its previous call has not returned."""
         call = _Call()
         with self._lock:
@@ -467,13 +473,8 @@ class HealthChecks:
                 check.busy = call
         if busy is not None:
             running = time.perf_counter() - busy.started
-            logger.warning(
-                "health check %r is still running after %.1fs; not starting it again",
-                check.name,
-                running,
-            )
             error = f"timed out: still running from an earlier run after {running:.1f}s"
-            return _Result(False, check.critical, running, True, error)
+            return _Result(False, check.critical, running, True, error), None
         worker = threading.Thread(
             target=self._call,
             args=(check, call),
@@ -485,8 +486,7 @@ class HealthChecks:
         except RuntimeError as exc:  # out of threads
             with self._lock:
                 check.busy = None
-            logger.warning("health check %r could not start", check.name, exc_info=exc)
-            return _Result(False, check.critical, 0.0, False, _describe(exc))
+            return _Result(False, check.critical, 0.0, False, _describe(exc)), exc
         return call
 
     def _call(self, check: _Check, call: _Call) -> None:
@@ -501,23 +501,34 @@ class HealthChecks:
                     check.busy = None
             call.done.set()
 
-    def _await(self, check: _Check, call: _Call) -> _Result:
+    def _await(self, check: _Check, call: _Call) -> tuple[_Result, BaseException | None]:
+        """The check's result, and the exception it raised, if any, for the log."""
         remaining = call.started + check.timeout - time.perf_counter()
         if not call.done.wait(max(0.0, remaining)):
-            logger.warning("health check %r timed out after %gs", check.name, check.timeout)
             error = f"timed out after {check.timeout:g}s"
             waited = time.perf_counter() - call.started
-            return _Result(False, check.critical, waited, True, error)
+            return _Result(False, check.critical, waited, True, error), None
         if call.error is not None:
             exc = call.error
-            call.error = None  # drop the frames the traceback holds once logged
-            logger.warning("health check %r failed", check.name, exc_info=exc)
-            return _Result(False, check.critical, call.elapsed, False, _describe(exc))
+            call.error = None  # the caller drops the frames the traceback holds once logged
+            return _Result(False, check.critical, call.elapsed, False, _describe(exc)), exc
         if call.value is False:
-            logger.warning("health check %r returned False", check.name)
-            return _Result(False, check.critical, call.elapsed, False, "returned False")
+            return _Result(False, check.critical, call.elapsed, False, "returned False"), None
         detail = _detail(call.value) if self._show_details else None
-        return _Result(True, check.critical, call.elapsed, detail=detail)
+        return _Result(True, check.critical, call.elapsed, detail=detail), None
+
+
+def _log_change(check: _Check, result: _Result, error: BaseException | None) -> None:
+    """Log a check that starts failing (with the traceback of what it raised) or passes
+    again. A check failing probe after probe is logged once: a load balancer probes every
+    second or so, and a traceback per probe buries everything else in the log."""
+    if result.ok == (not check.failing):
+        return
+    check.failing = not result.ok
+    if result.ok:
+        logger.warning("health check %r passes again", check.name)
+    else:
+        logger.warning("health check %r is failing: %s", check.name, result.error, exc_info=error)
 
 
 def _seconds(param: str, value: object, *, allow_zero: bool) -> float:
