@@ -437,17 +437,46 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "ErrorPages(status_url='javascript:alert(1)')",
             (
-                "ValueError: status_url: must be an http(s) URL or a path starting with '/', "
-                "got 'javascript:alert(1)'"
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'javascript:alert(1)'"
             ),
         ),
         Row(
             "ErrorPages(status_url='status.example.com')",
             (
-                "ValueError: status_url: must be an http(s) URL or a path starting with '/', "
-                "got 'status.example.com'"
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'status.example.com'"
             ),
         ),
+        Row(
+            "ErrorPages(status_url='https:evil.example')",
+            (
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'https:evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='//evil.example')",
+            (
+                "ValueError: status_url: must not start with '//', a link to another host, got "
+                "'//evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='/\\\\evil.example')",
+            (
+                "ValueError: status_url: must not hold spaces, backslashes or control "
+                "characters (browsers read them as another link), got '/\\\\evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='/\\t/evil.example')",
+            (
+                "ValueError: status_url: must not hold spaces, backslashes or control "
+                "characters (browsers read them as another link), got '/\\t/evil.example'"
+            ),
+        ),
+        Row("ErrorPages(status_url='HTTPS://status.example.com') and None", "accepted"),
         Row(
             "ErrorPages().render('typo', retry_after=1)",
             (
@@ -752,10 +781,29 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "result = cli('page', '--status-url', 'javascript:alert(1)')",
             (
-                "exit 2: tidegate page: error: argument --status-url: must start with h"
-                "ttps://, "
-                "http:// or /, got 'javascript:alert(1)' (see tidegate page --help)"
+                "exit 2: tidegate page: error: argument --status-url: must be an http(s) URL "
+                "with a host or a path on this site starting with one '/', got "
+                "'javascript:alert(1)' (see tidegate page --help)"
             ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', '//evil.example')",
+            (
+                "exit 2: tidegate page: error: argument --status-url: must not start with "
+                "'//', a link to another host, got '//evil.example' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', '/\\\\evil.example')",
+            (
+                "exit 2: tidegate page: error: argument --status-url: must not hold spaces, "
+                "backslashes or control characters (browsers read them as another link), got "
+                "'/\\\\evil.example' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', 'HTTPS://status.example.com')",
+            "exit 0",
         ),
         Row(
             "result = cli('page', '--template', 'FOLDER/none.html')",

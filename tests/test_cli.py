@@ -305,7 +305,7 @@ BAD = [
     (["maintenance"], "choose on, off or status"),
     (["maintenance", "pause", "--state", "{state}"], "invalid choice: 'pause'"),
     (["restart"], "invalid choice: 'restart'"),
-    (["page", "--status-url", "javascript:alert(1)"], "must start with https://, http:// or /"),
+    (["page", "--status-url", "javascript:alert(1)"], "must be an http(s) URL with a host"),
     (["page", "--output", "{tmp}/missing/page.html"], "does not exist"),
     (["page", "--output", "{tmp}"], "is a folder"),
     (["page", "--template", "{tmp}/missing.html"], "argument --template: cannot read it"),
