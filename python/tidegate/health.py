@@ -522,9 +522,10 @@ def _log_change(check: _Check, result: _Result, error: BaseException | None) -> 
     """Log a check that starts failing (with the traceback of what it raised) or passes
     again. A check failing probe after probe is logged once: a load balancer probes every
     second or so, and a traceback per probe buries everything else in the log."""
-    if result.ok == (not check.failing):
+    failing = not result.ok
+    if failing == check.failing:
         return
-    check.failing = not result.ok
+    check.failing = failing
     if result.ok:
         logger.warning("health check %r passes again", check.name)
     else:
