@@ -180,7 +180,9 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::ConsecutiveFailures(1) => f.write_str("1 failure"),
             Self::ConsecutiveFailures(n) => write!(f, "{n} consecutive failures"),
+            Self::FailureRate { calls: 1, .. } => f.write_str("the only call in the window failed"),
             Self::FailureRate { failures, calls } => {
                 write!(f, "{failures} of the last {calls} calls failed")
             }

@@ -597,17 +597,46 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "ErrorPages(status_url='javascript:alert(1)')",
             (
-                "ValueError: status_url: must be an http(s) URL or a path starting with '/', "
-                "got 'javascript:alert(1)'"
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'javascript:alert(1)'"
             ),
         ),
         Row(
             "ErrorPages(status_url='status.example.com')",
             (
-                "ValueError: status_url: must be an http(s) URL or a path starting with '/', "
-                "got 'status.example.com'"
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'status.example.com'"
             ),
         ),
+        Row(
+            "ErrorPages(status_url='https:evil.example')",
+            (
+                "ValueError: status_url: must be an http(s) URL with a host or a path on this "
+                "site starting with one '/', got 'https:evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='//evil.example')",
+            (
+                "ValueError: status_url: must not start with '//', a link to another host, got "
+                "'//evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='/\\\\evil.example')",
+            (
+                "ValueError: status_url: must not hold spaces, backslashes or control "
+                "characters (browsers read them as another link), got '/\\\\evil.example'"
+            ),
+        ),
+        Row(
+            "ErrorPages(status_url='/\\t/evil.example')",
+            (
+                "ValueError: status_url: must not hold spaces, backslashes or control "
+                "characters (browsers read them as another link), got '/\\t/evil.example'"
+            ),
+        ),
+        Row("ErrorPages(status_url='HTTPS://status.example.com') and None", "accepted"),
         Row(
             "ErrorPages().render('typo', retry_after=1)",
             (
@@ -630,7 +659,28 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row("TideGateMiddleware(app, gate=3)", "TypeError: gate: must be a CapacityGate, got 3"),
         Row(
             "TideGateMiddleware(app, maintenance=42)",
-            ("TypeError: maintenance: must be a MaintenanceSwitch or a state-file path, got 42"),
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got 42"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance=True)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got True"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance=0)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got 0"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, maintenance='')",
+            "ValueError: maintenance: state_file: must not be empty, got ''",
         ),
         Row(
             "TideGateMiddleware(app, exempt_paths='/health')",
@@ -754,6 +804,13 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "flask_app.config['TIDEGATE_LIMIT'] = 0; TideGate(flask_app, limit=4) and None",
             "accepted",
+        ),
+        Row(
+            "flask_app.config['TIDEGATE_MAINTENANCE'] = True; TideGate(flask_app)",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got True"
+            ),
         ),
         Row(
             "TideGate(flask_app); TideGate(flask_app)",
@@ -892,10 +949,29 @@ CONFIGURATION: dict[str, list[Row]] = {
         Row(
             "result = cli('page', '--status-url', 'javascript:alert(1)')",
             (
-                "exit 2: tidegate page: error: argument --status-url: must start with h"
-                "ttps://, "
-                "http:// or /, got 'javascript:alert(1)' (see tidegate page --help)"
+                "exit 2: tidegate page: error: argument --status-url: must be an http(s) URL "
+                "with a host or a path on this site starting with one '/', got "
+                "'javascript:alert(1)' (see tidegate page --help)"
             ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', '//evil.example')",
+            (
+                "exit 2: tidegate page: error: argument --status-url: must not start with "
+                "'//', a link to another host, got '//evil.example' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', '/\\\\evil.example')",
+            (
+                "exit 2: tidegate page: error: argument --status-url: must not hold spaces, "
+                "backslashes or control characters (browsers read them as another link), got "
+                "'/\\\\evil.example' (see tidegate page --help)"
+            ),
+        ),
+        Row(
+            "result = cli('page', '--status-url', 'HTTPS://status.example.com')",
+            "exit 0",
         ),
         Row(
             "result = cli('page', '--template', 'FOLDER/none.html')",
@@ -1125,6 +1201,33 @@ CLIENT: dict[str, list[Row]] = {
         ),
         Row("result = parse(120)", "TypeError: text: expected a str, got int"),
     ],
+    "What a health check returns or raises": [
+        Row("result = readiness_with(lambda: {'lag': 3})", "200 ready, detail {'lag': 3}"),
+        Row(
+            "result = readiness_with(lambda: nested(5000))",
+            "200 ready, detail \"{'a': {'a': {'a': {...}}}}\"",
+        ),
+        Row(
+            "result = readiness_with(lambda: {'thing': Unrepresentable()})",
+            "200 ready, detail \"{'thing': <Unrepresentable instance at 0x...>}\"",
+        ),
+        Row(
+            "result = readiness_with(lambda: {'ratio': math.nan})",
+            "200 ready, detail \"{'ratio': nan}\"",
+        ),
+        Row(
+            "result = readiness_with(lambda: {1: 'not a str key', (2, 3): 'tuple'})",
+            "200 ready, detail \"{1: 'not a str key', (2, 3): 'tuple'}\"",
+        ),
+        Row(
+            "result = readiness_with(raising(UnprintableError()))",
+            "503 unavailable, error 'UnprintableError (its message could not be read)'",
+        ),
+        Row(
+            "result = readiness_with(raising(RuntimeError('db down')))",
+            "503 unavailable, error 'RuntimeError: db down'",
+        ),
+    ],
     "The maintenance state file": [
         Row(
             "result = state_file_says('')",
@@ -1298,6 +1401,65 @@ def full_gate_request(**environ: Any) -> str:
         held.close()
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """A dict nested ``depth`` deep: ``{'a': {'a': ...}}``."""
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+class Unrepresentable:
+    """An object whose ``repr`` raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableError(Exception):
+    """An exception whose ``str`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def raising(error: BaseException) -> Any:
+    """A check that raises ``error``."""
+
+    def check() -> None:
+        raise error
+
+    return check
+
+
+def readiness_with(check: Any) -> str:
+    """``GET /health`` from a middleware whose only health check (``show_details=True``) is
+    ``check``: the status, the readiness status, and what the body shows of the check (memory
+    addresses in it elided)."""
+    import re
+
+    health = tidegate.HealthChecks(show_details=True)
+    health.add("check", check)
+    mw = TideGateMiddleware(wsgi_app, maintenance=False, health=health)
+    captured: list[str] = []
+    body = b"".join(
+        mw(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/health"},
+            lambda status, headers, exc_info=None: captured.append(status),
+        )
+    )
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads(body, parse_constant=refuse)["checks"]["check"]
+    shown = f"error {report['error']!r}" if "error" in report else f"detail {report['detail']!r}"
+    document = json.loads(body)
+    return f"{captured[-1][:3]} {document['status']}, {re.sub('0x[0-9a-f]+', '0x...', shown)}"
+
+
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -1406,6 +1568,11 @@ def namespace() -> dict[str, Any]:
         "parse": parse,
         "state_file_says": state_file_says,
         "cli": cli,
+        "readiness_with": readiness_with,
+        "raising": raising,
+        "nested": nested,
+        "Unrepresentable": Unrepresentable,
+        "UnprintableError": UnprintableError,
     }
 
 
@@ -1476,6 +1643,10 @@ SECTION_NOTES = {
     "Retry-After values (RetryAfter.parse)": "`parse(text)` is "
     "`RetryAfter.parse(text, now=datetime(2026, 1, 1, tzinfo=timezone.utc)).header_value()`: a "
     "`Retry-After` value as an upstream server or a client may send it.",
+    "What a health check returns or raises": "`readiness_with(check)` asks `GET /health` of a "
+    "`TideGateMiddleware` whose only health check, with `show_details=True`, is `check`. The "
+    "outcome is the status, the readiness status and what the body shows of the check; the "
+    "body is always strict JSON.",
     "The maintenance state file": "`state_file_says(content)` writes `content` over a state "
     "file that said maintenance is on with the message `good`, then asks the switch: whether "
     "maintenance is on (and with which message), and the warning it logs (`STATE` stands for "

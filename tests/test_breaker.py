@@ -1044,6 +1044,33 @@ def test_transitions_are_logged(caplog: pytest.LogCaptureFixture, clock: FakeClo
     ]
 
 
+@pytest.mark.parametrize(
+    ("options", "failures", "reason"),
+    [
+        ({"failure_threshold": 1}, 1, "1 failure"),
+        ({"failure_threshold": 3}, 3, "3 consecutive failures"),
+        ({"failure_rate": 0.5, "minimum_calls": 1}, 1, "the only call in the window failed"),
+        ({"failure_rate": 0.5, "minimum_calls": 2}, 2, "2 of the last 2 calls failed"),
+    ],
+)
+def test_the_opening_reason_reads_right_in_the_singular_too(
+    caplog: pytest.LogCaptureFixture,
+    clock: FakeClock,
+    options: dict[str, Any],
+    failures: int,
+    reason: str,
+) -> None:
+    breaker = CircuitBreaker("db", reset_timeout=30.0, clock=clock, **options)
+    with caplog.at_level(logging.WARNING, logger="tidegate"):
+        for _ in range(failures):
+            with pytest.raises(ConnectionError):
+                breaker.call(fail)
+    assert breaker.state == "open"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"circuit breaker 'db': closed -> open ({reason}), next probe in 30s"
+    ]
+
+
 def test_a_breaker_in_a_reference_cycle_is_collected() -> None:
     class Owner:
         def __init__(self) -> None:

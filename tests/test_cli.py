@@ -305,7 +305,7 @@ BAD = [
     (["maintenance"], "choose on, off or status"),
     (["maintenance", "pause", "--state", "{state}"], "invalid choice: 'pause'"),
     (["restart"], "invalid choice: 'restart'"),
-    (["page", "--status-url", "javascript:alert(1)"], "must start with https://, http:// or /"),
+    (["page", "--status-url", "javascript:alert(1)"], "must be an http(s) URL with a host"),
     (["page", "--output", "{tmp}/missing/page.html"], "does not exist"),
     (["page", "--output", "{tmp}"], "is a folder"),
     (["page", "--template", "{tmp}/missing.html"], "argument --template: cannot read it"),
@@ -616,3 +616,34 @@ def test_every_gunicorn_worker_follows_the_cli(
     assert main(["drain", "--state", str(state), "--off"]) == 0
     _every_worker(server, "/health", lambda r: r.status == 200, within)
     capsys.readouterr()
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_static_page_and_its_nginx_block_agree(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The README's `tidegate page` command runs, and the nginx block that serves its page
+    sends the Retry-After the page states and passes the Host header on to the app."""
+    import re
+    import shlex
+
+    section = README.read_text(encoding="utf-8").split("### A static page", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    [command] = re.findall(r"```sh\n(tidegate page .*)\n```", section)
+    [nginx] = re.findall(r"```nginx\n(.*?)```", section, flags=re.DOTALL)
+    argv = shlex.split(command)[1:]
+    page_seconds = argv[argv.index("--retry-after") + 1]
+    assert re.search(rf"add_header Retry-After {page_seconds} always;", nginx)
+    assert re.search(r"^\s*proxy_set_header Host \$host;", nginx, flags=re.MULTILINE)
+    output = argv[argv.index("-o") + 1]
+    assert re.search(rf"root {re.escape(str(Path(output).parent))};", nginx)
+    switch = MaintenanceSwitch(tmp_path / "tidegate.json", env_var=None)
+    switch.enable(message="Upgrading the database")
+    argv[argv.index("--state") + 1] = str(tmp_path / "tidegate.json")
+    argv[argv.index("-o") + 1] = str(tmp_path / Path(output).name)
+    assert run(capsys, *argv)[0] == 0
+    page = (tmp_path / Path(output).name).read_text(encoding="utf-8")
+    assert f"retry after {page_seconds} s" in page
+    assert "Upgrading the database" in page

@@ -79,6 +79,18 @@ def test_the_demo_prints_what_clients_saw() -> None:
     for number in range(1, 6):
         assert re.search(rf"^{number} [a-z ]+: .+", done.stdout, re.MULTILINE)
     assert "closed -> open" in done.stdout and "half_open -> closed" in done.stdout
+    # The takeaway tells what the log tells: how many failures opened the breaker, and that
+    # the rest of the table's slow 500s were calls already under way.
+    logged = re.search(r"closed -> open \((\d+) consecutive failures\)", done.stdout)
+    told = re.search(
+        r"^4 dependency: (\d+) slow 500s? in a row opened the breaker"
+        r"(?: \((\d+) more (?:was|were) under way\))?, then",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert logged is not None and told is not None, done.stdout
+    assert told[1] == logged[1]
+    assert int(told[1]) + int(told[2] or 0) == int(rows["dependency down"][4])
     assert "server stopped, state file removed" in done.stdout
 
 

@@ -325,6 +325,33 @@ def test_an_open_breaker_in_a_view_becomes_a_dependency_503() -> None:
     assert state(app).gate.in_flight == 0
 
 
+def test_maintenance_mode_works_without_a_maintenance_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAINTENANCE_MODE", "true")
+    app = make_app()
+    TideGate(app, limit=16)
+    reply = app.test_client().get("/")
+    assert reply.status_code == 503
+    assert reply.json is not None and reply.json["reason"] == "maintenance"
+    assert state(app).maintenance.status().source == "env"
+
+
+@pytest.mark.parametrize("how", ["argument", "config"])
+def test_maintenance_false_means_no_switch_at_all(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setenv("MAINTENANCE_MODE", "true")
+    if how == "argument":
+        app = make_app()
+        TideGate(app, limit=16, maintenance=False)
+    else:
+        app = make_app(TIDEGATE_MAINTENANCE=False)
+        TideGate(app, limit=16)
+    assert state(app).maintenance is None
+    assert app.test_client().get("/").text == "hello"
+
+
 def test_maintenance_page_exempt_views_and_bypass() -> None:
     from tidegate import MaintenanceSwitch
 

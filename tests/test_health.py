@@ -412,34 +412,80 @@ def test_concurrent_probes_share_one_run() -> None:
         assert results[0][0] == 200
 
 
-def test_a_failing_run_is_logged_once_not_per_probe(caplog: pytest.LogCaptureFixture) -> None:
+def tidegate_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tidegate"]
+
+
+def test_a_failing_check_is_logged_when_it_fails_and_when_it_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Probed once a second for minutes, a failing check logs its traceback once, not 60
+    times a minute; its recovery once; and a new failure once again."""
     clock = FakeClock()
     health = HealthChecks(cache_ttl=1.0, clock=clock)
-    health.add("db", boom)
-    caplog.set_level(logging.WARNING, logger="tidegate")
-    for _ in range(10):
+    check = Counter()
+    failing = True
+
+    def db() -> None:
+        check()
+        if failing:
+            boom()
+
+    health.add("db", db)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(30):  # 30 probes, 15 runs
         assert health.readiness()[0] == 503
-    records = [r for r in caplog.records if r.name == "tidegate"]
-    assert len(records) == 1
-    assert records[0].levelno == logging.WARNING
-    assert "'db'" in records[0].getMessage()
-    assert records[0].exc_info is not None
-    assert records[0].exc_info[0] is RuntimeError
-    clock.advance(1.0)
-    health.readiness()
-    assert len([r for r in caplog.records if r.name == "tidegate"]) == 2
+        clock.advance(0.5)
+    assert check.calls == 15
+    [failed] = tidegate_records(caplog)
+    assert failed.levelno == logging.WARNING
+    assert failed.getMessage() == (
+        "health check 'db' is failing: RuntimeError: secret dsn postgres://admin:hunter2@db"
+    )
+    assert failed.exc_info is not None and failed.exc_info[0] is RuntimeError
+    assert "Traceback" in caplog.text
+    failing = False
+    for _ in range(10):
+        clock.advance(1.0)
+        assert health.readiness()[0] == 200
+    assert [r.getMessage() for r in tidegate_records(caplog)[1:]] == [
+        "health check 'db' passes again"
+    ]
+    failing = True
+    for _ in range(10):
+        clock.advance(1.0)
+        assert health.readiness()[0] == 503
+    assert len(tidegate_records(caplog)) == 3
+    assert tidegate_records(caplog)[2].getMessage().startswith("health check 'db' is failing")
 
 
-def test_timeouts_are_logged(caplog: pytest.LogCaptureFixture, release: threading.Event) -> None:
+def test_timeouts_are_logged_once(
+    caplog: pytest.LogCaptureFixture, release: threading.Event
+) -> None:
     health = HealthChecks(cache_ttl=0)
     health.add("slow", hang(release), timeout=0.05)
-    caplog.set_level(logging.WARNING, logger="tidegate")
-    health.readiness()
-    health.readiness()
-    messages = [r.getMessage() for r in caplog.records if r.name == "tidegate"]
-    assert len(messages) == 2
-    assert "timed out" in messages[0]
-    assert "still running" in messages[1]
+    health.add("fine", lambda: True)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(5):
+        assert health.readiness()[1]["checks"]["slow"]["timed_out"]
+    messages = [r.getMessage() for r in tidegate_records(caplog)]
+    assert messages == ["health check 'slow' is failing: timed out after 0.05s"]
+    release.set()
+    probe_until_ok(health)
+    assert [r.getMessage() for r in tidegate_records(caplog)][1:] == [
+        "health check 'slow' passes again"
+    ]
+
+
+def test_returning_false_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    health = HealthChecks(cache_ttl=0)
+    health.add("flag", lambda: False)
+    caplog.set_level(logging.INFO, logger="tidegate")
+    for _ in range(5):
+        assert health.readiness()[0] == 503
+    [record] = tidegate_records(caplog)
+    assert record.getMessage() == "health check 'flag' is failing: returned False"
+    assert record.exc_info is None
 
 
 # --- error details --------------------------------------------------------------------------
@@ -721,3 +767,128 @@ def test_bad_breakers_are_refused() -> None:
 def test_a_maintenance_object_without_status_is_refused() -> None:
     with pytest.raises(TypeError, match=r"^maintenance: "):
         HealthChecks().readiness(object())  # type: ignore[arg-type]
+
+
+# --- whatever a check returns or raises, readiness answers ----------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr refused")
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str refused")
+
+
+def raise_unprintable() -> None:
+    raise UnprintableError
+
+
+#: name: (check, the readiness status it must give)
+HOSTILE: dict[str, tuple[Any, int]] = {
+    "nested-5000-deep": (lambda: nested(5000), 200),
+    "repr-raises": (lambda: {"thing": Unrepresentable()}, 200),
+    "not-a-number": (lambda: {"ratio": math.nan}, 200),
+    "str-raises": (raise_unprintable, 503),
+}
+
+
+def hello(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def strict_json(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def get_through_werkzeug(middleware: Any, path: str) -> Any:
+    from wsgiref.validate import validator
+
+    from werkzeug.test import Client
+
+    return Client(validator(middleware)).get(path, buffered=True)
+
+
+@pytest.mark.parametrize("show_details", [False, True], ids=["hidden", "show_details"])
+@pytest.mark.parametrize("name", HOSTILE)
+def test_readiness_answers_whatever_a_check_returns_or_raises(
+    name: str, show_details: bool
+) -> None:
+    from wsgiref.validate import validator
+
+    from tidegate.wsgi import TideGateMiddleware
+
+    check, status = HOSTILE[name]
+    health = HealthChecks(show_details=show_details)
+    health.add(name, check)
+    middleware = TideGateMiddleware(validator(hello), maintenance=False, health=health)
+    reply = get_through_werkzeug(middleware, "/health")
+    assert reply.status_code == status
+    assert reply.headers["Content-Type"] == "application/json"
+    document = strict_json(reply.get_data())
+    assert document["status"] == ("ready" if status == 200 else "unavailable")
+    report = document["checks"][name]
+    assert report["ok"] is (status == 200)
+    if not show_details:
+        assert "detail" not in report and "error" not in report
+    elif status == 503:
+        assert report["error"] == "UnprintableError (its message could not be read)"
+    else:
+        assert isinstance(report["detail"], str), "shown as a (short) repr"
+        assert len(report["detail"]) < 1000
+    if status == 503:
+        assert reply.headers["Retry-After"] == "1"
+
+
+def test_a_checks_dict_is_copied_when_the_check_returns() -> None:
+    shared = {"replica_lag": 1}
+    health = HealthChecks(show_details=True, cache_ttl=60)
+    health.add("lag", lambda: shared)
+    assert health.readiness()[1]["checks"]["lag"]["detail"] == {"replica_lag": 1}
+    shared["replica_lag"] = 99  # the check keeps and changes its own dict
+    assert health.readiness()[1]["checks"]["lag"]["detail"] == {"replica_lag": 1}
+
+
+class BrokenHealth:
+    """A health object of the user's own whose answers cannot be served."""
+
+    def readiness(self, maintenance: object = None) -> tuple[int, dict[str, Any]]:
+        raise RuntimeError("readiness broke")
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "alive", "since": object()}
+
+
+def test_a_health_object_that_breaks_still_gets_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tidegate.wsgi import TideGateMiddleware
+
+    caplog.set_level(logging.ERROR, logger="tidegate")
+    middleware = TideGateMiddleware(hello, maintenance=False, health=BrokenHealth())
+    ready = get_through_werkzeug(middleware, "/health")
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"] == "1"
+    assert strict_json(ready.get_data())["reason"] == "check_failed"
+    live = get_through_werkzeug(middleware, "/health/live")
+    assert live.status_code == 503
+    assert strict_json(live.get_data()) == {"status": "unavailable"}
+    logged = [r for r in caplog.records if r.name == "tidegate"]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [RuntimeError, TypeError]

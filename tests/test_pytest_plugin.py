@@ -4,6 +4,7 @@ middleware, and the tests after them see the apps as they were."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import RecordingApp, call
@@ -166,6 +167,32 @@ def test_without_autoloading_it_loads_with_p(
     unloaded.stdout.fnmatch_lines(["*fixture 'tidegate_maintenance' not found*"])
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_python(heading: str) -> list[str]:
+    """The ```python blocks of the README section under ``heading``, in order."""
+    section = README.read_text(encoding="utf-8").split(f"\n{heading}\n", 1)[1]
+    section = re.split(r"\n##+ ", section, maxsplit=1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_pytest_example_runs_on_the_readme_flask_app(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MAINTENANCE_MODE", raising=False)
+    quickstart = readme_python("## Flask")[0]
+    assert "TideGate(app, limit=16)" in quickstart
+    files = {}
+    for block in readme_python("## Testing your app: the pytest plugin"):
+        name, _, source = block.partition("\n")
+        assert name.startswith("# ") and name.endswith(".py"), "each block names its file"
+        files[name[2:-3]] = source
+    assert set(files) == {"conftest", "test_unavailable"}
+    pytester.makepyfile(myapp=quickstart, **files)
+    pytester.runpytest_subprocess().assert_outcomes(passed=3)
+
+
 def test_a_previous_local_maintenance_comes_back_exactly(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -212,8 +239,10 @@ def test_a_target_without_the_part_is_a_clear_error(
     tidegate_at_capacity: CapacityFixture,
     recording_app: RecordingApp,
 ) -> None:
-    bare = TideGateMiddleware(recording_app)
-    with pytest.raises(ValueError, match=r"^target: .* has no maintenance switch; .*maintenance="):
+    bare = TideGateMiddleware(recording_app, maintenance=False)
+    with pytest.raises(
+        ValueError, match=r"^target: .* has no maintenance switch; .*maintenance=False"
+    ):
         tidegate_maintenance(bare)
     with pytest.raises(ValueError, match=r"^target: .* has no capacity gate; .*limit= or gate="):
         tidegate_at_capacity(bare)

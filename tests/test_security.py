@@ -236,25 +236,81 @@ def test_a_maintenance_message_is_escaped_by_the_flask_extension() -> None:
     assert_inert(reply.text)
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "javascript:alert(1)",
-        "JavaScript:alert(1)",
-        " javascript:alert(1)",
-        "data:text/html,<script>alert(1)</script>",
-        "vbscript:x",
-        "status.example",
-    ],
-)
-def test_a_status_link_must_be_a_web_link(url: str) -> None:
-    with pytest.raises(ValueError, match="status_url: must be an http"):
+#: Links that are not a web page on a named host nor a path on this site. The first ones
+#: run script; ``//host``, and what browsers turn into it (``\\`` read as ``/``, tabs and
+#: newlines dropped), send the reader to another host.
+BAD_STATUS_URLS = [
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:x",
+    "status.example",
+    "//evil.example",
+    "//evil.example/status",
+    "/\\evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "\\\\evil.example",
+    "https:\\\\evil.example",
+    "https:evil.example",
+    "http:///evil.example",
+    "https://",
+    "https://status.example:port/",
+    "ftp://status.example",
+    "/status\x00",
+]
+
+
+@pytest.mark.parametrize("url", BAD_STATUS_URLS)
+def test_a_status_link_must_be_a_web_link_or_a_path_on_this_site(
+    url: str, recording_app: RecordingApp
+) -> None:
+    from flask import Flask
+
+    from tidegate.flask import TideGate
+
+    with pytest.raises(ValueError, match=r"^status_url: must"):
         ErrorPages(status_url=url)
+    with pytest.raises(ValueError, match=r"^status_url: must"):
+        TideGateMiddleware(recording_app, status_url=url)
+    with pytest.raises(ValueError, match=r"^status_url: must"):
+        TideGate(Flask(__name__), status_url=url)
 
 
-@pytest.mark.parametrize("url", ["https://status.example", "HTTP://status.example", "/status"])
-def test_web_links_are_accepted(url: str) -> None:
+@pytest.mark.parametrize("url", BAD_STATUS_URLS)
+def test_the_cli_refuses_the_same_status_links(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tidegate.cli import main
+
+    assert main(["page", "--status-url", url]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith("tidegate page: error: argument --status-url: must")
+
+
+GOOD_STATUS_URLS = [
+    "https://status.example",
+    "HTTP://status.example",
+    "HTTPS://Status.Example/now?x=1#top",
+    "https://[2001:db8::1]:8443/status",
+    "/status",
+    "/",
+    "/status//history",
+]
+
+
+@pytest.mark.parametrize("url", GOOD_STATUS_URLS)
+def test_web_links_are_accepted_by_the_api_and_the_cli(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tidegate.cli import main
+
     assert f'href="{url}"' in html_page(ErrorPages(status_url=url))
+    assert main(["page", "--status-url", url]) == 0
+    assert f'href="{url}"' in capsys.readouterr().out
 
 
 # -- health bodies ------------------------------------------------------------------------

@@ -455,6 +455,35 @@ def test_maintenance_answers_with_message_and_estimated_return(
     assert call(mw, "/").code == 200
 
 
+def test_maintenance_mode_works_without_a_maintenance_option(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAINTENANCE_MODE", "true")
+    mw = TideGateMiddleware(recording_app, limit=16)
+    reply = call(mw, "/")
+    assert reply.code == 503 and reply.json()["reason"] == "maintenance"
+    assert mw.maintenance is not None and mw.maintenance.status().source == "env"
+    assert recording_app.calls == 0
+    # The default switch is this process's own too: code can turn it on and off.
+    monkeypatch.delenv("MAINTENANCE_MODE")
+    quiet = TideGateMiddleware(recording_app, limit=16)
+    assert call(quiet, "/").code == 200
+    quiet.maintenance.enable(message="Back soon")
+    assert call(quiet, "/").json()["message"] == "Back soon"
+    other = TideGateMiddleware(recording_app, limit=16)
+    assert call(other, "/").code == 200, "each middleware has a switch of its own"
+
+
+def test_maintenance_false_means_no_switch_at_all(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAINTENANCE_MODE", "true")
+    mw = TideGateMiddleware(recording_app, limit=16, maintenance=False)
+    assert mw.maintenance is None
+    assert call(mw, "/").code == 200
+    assert recording_app.calls == 1
+
+
 def test_maintenance_from_a_state_file_path(recording_app: RecordingApp, tmp_path: Any) -> None:
     from tidegate import MaintenanceSwitch
 

@@ -9,23 +9,26 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import os
 import random
 import string
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from tidegate._tidegate import CapacityGate, MaintenanceSwitch
+from tidegate._tidegate import CapacityGate, MaintenanceSwitch, process_draining
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "Policy"]
+__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy"]
 
 #: Paths never gated nor put in maintenance unless ``exempt_paths`` says otherwise.
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
+
+logger = logging.getLogger("tidegate")
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -116,12 +119,29 @@ def _secret(value: object) -> bytes:
     return value.encode("ascii")
 
 
+#: What ``maintenance`` takes: a switch, a state-file path, ``None`` for the default switch
+#: (this process plus ``MAINTENANCE_MODE``) or ``False`` for no switch at all.
+MaintenanceOption = Union[MaintenanceSwitch, str, "os.PathLike[str]", Literal[False], None]
+
+
 def _maintenance(value: object) -> MaintenanceSwitch | None:
-    if value is None or isinstance(value, MaintenanceSwitch):
+    if value is None:
+        # The default answers to MAINTENANCE_MODE and to the pytest fixtures, as users expect.
+        return MaintenanceSwitch()
+    # False itself only: 0 is a mistake, not "no switch", and True is no switch either.
+    if value is False:
+        return None
+    if isinstance(value, MaintenanceSwitch):
         return value
     if isinstance(value, (str, os.PathLike)):
-        return MaintenanceSwitch(value)
-    raise TypeError(f"maintenance: must be a MaintenanceSwitch or a state-file path, got {value!r}")
+        try:
+            return MaintenanceSwitch(value)
+        except ValueError as exc:
+            raise ValueError(f"maintenance: {exc}") from None
+    raise TypeError(
+        "maintenance: must be a MaintenanceSwitch, a state-file path, None (the default "
+        f"switch) or False (no switch), got {value!r}"
+    )
 
 
 def _health(value: object) -> Any:
@@ -130,6 +150,21 @@ def _health(value: object) -> Any:
     ):
         raise TypeError(f"health: must be a HealthChecks, got {value!r}")
     return value
+
+
+def _unanswerable(readiness: bool) -> dict[str, object]:
+    """The body of a health answer whose checks could not be asked: the usual shape, failed."""
+    if not readiness:
+        return {"status": "unavailable"}
+    return {
+        "status": "unavailable",
+        "reason": "check_failed",
+        "maintenance": False,
+        "draining": process_draining(),
+        "retry_after": 1,
+        "checks": {},
+        "breakers": {},
+    }
 
 
 class Policy:
@@ -141,7 +176,7 @@ class Policy:
         *,
         limit: int | None = None,
         gate: CapacityGate | None = None,
-        maintenance: Any = None,
+        maintenance: MaintenanceOption = None,
         exempt_paths: Iterable[str] | None = None,
         health: Any = None,
         health_path: str = "/health",
@@ -250,16 +285,29 @@ class Policy:
         return self.render(environ, "dependency", retry_after=seconds)
 
     def health_response(self, path: str) -> Rendered | None:
-        """The readiness or liveness answer for ``path``, or ``None`` for other paths."""
+        """The readiness or liveness answer for ``path``, or ``None`` for other paths.
+
+        Always an answer: should the checks object raise or return a body JSON cannot hold,
+        the error is logged and readiness is a 503 with reason ``check_failed``.
+        """
         if self.health is None:
             return None
         if path == self.health_path:
-            code, document = self.health.readiness(self.maintenance)
+            readiness = True
         elif path == self.live_path:
-            code, document = self.health.liveness()
+            readiness = False
         else:
             return None
-        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        try:
+            if readiness:
+                code, document = self.health.readiness(self.maintenance)
+            else:
+                code, document = self.health.liveness()
+            body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except Exception:
+            logger.exception("%s could not be answered; answering 503", path)
+            code, document = 503, _unanswerable(readiness)
+            body = json.dumps(document, separators=(",", ":")).encode("utf-8")
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),

@@ -401,7 +401,9 @@ class MaintenanceSwitch:
         {"version": 1, "active": true, "message": "Upgrading", "until": "2030-01-01T12:00:00Z",
          "retry_after": 600, "draining": false, "updated_at": "2030-01-01T11:00:00Z"}
 
-    Only ``active`` is required; unknown keys are ignored. A missing file means off. An
+    Only ``active`` is required; unknown keys are ignored. While ``until`` is ahead,
+    Retry-After counts down to it and ``retry_after`` is not used; ``retry_after`` applies once
+    ``until`` has passed or when there is none. A missing file means off. An
     unreadable, empty, half-written or malformed file never raises: the last good state stands
     and one warning goes to the ``tidegate`` logger until the file reads well again. A file
     larger than 64 KiB is malformed; writers refuse to make one.

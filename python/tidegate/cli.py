@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch
-from tidegate.responses import ErrorPages, iso_utc
+from tidegate.responses import ErrorPages, iso_utc, status_url_problem
 
 __all__ = ["main", "parse_duration", "parse_until"]
 
@@ -131,8 +131,9 @@ def _until_arg(text: str) -> datetime:
 
 
 def _url_arg(text: str) -> str:
-    if not text.startswith(("https://", "http://", "/")):
-        raise argparse.ArgumentTypeError(f"must start with https://, http:// or /, got {text!r}")
+    problem = status_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

@@ -65,7 +65,7 @@ class TideGateState:
 
     @property
     def maintenance(self) -> Any:
-        """The app's :class:`~tidegate.MaintenanceSwitch`, or ``None``."""
+        """The app's :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
         return self.policy.maintenance
 
 
@@ -92,7 +92,9 @@ class TideGate:
     ``TideGate(app, limit=8, maintenance="/run/app/maintenance.json")`` or, with an app factory,
     ``tidegate = TideGate(limit=8)`` then ``tidegate.init_app(app)``. Options are those of
     :class:`tidegate.wsgi.TideGateMiddleware`; each may also come from
-    ``app.config["TIDEGATE_<OPTION>"]``, and constructor arguments win.
+    ``app.config["TIDEGATE_<OPTION>"]``, and constructor arguments win. Without a
+    ``maintenance`` option the app gets a ``MaintenanceSwitch()`` (this process, and
+    ``MAINTENANCE_MODE``); ``maintenance=False`` (or ``TIDEGATE_MAINTENANCE = False``) for none.
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:

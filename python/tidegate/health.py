@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,9 @@ class _Check:
     critical: bool
     # The call still running, if any; guarded by HealthChecks._lock.
     busy: _Call | None = None
+    # Whether the last run found it failing: only a change is logged. Written by the one
+    # run in progress only.
+    failing: bool = False
 
 
 @dataclass(eq=False)
@@ -172,7 +176,8 @@ class HealthChecks:
     ``cache_ttl`` (seconds, >= 0) is how long one run's results answer probes; ``0`` runs the
     checks for every probe that does not find a run already in progress. ``show_details`` puts
     error text and check details in bodies (off by default: bodies may be public; failures are
-    always logged on the ``tidegate`` logger, once per run). ``fail_during_maintenance`` makes
+    logged on the ``tidegate`` logger when a check starts failing, with the traceback, and when
+    it passes again, not on every probe). ``fail_during_maintenance`` makes
     readiness 503 during maintenance, for setups where the reverse proxy serves the maintenance
     page. ``default_timeout`` (seconds, > 0) applies to checks added without a ``timeout``.
     ``clock`` is the monotonic clock the cache reads (for tests).
@@ -452,12 +457,14 @@ class HealthChecks:
             checks = list(self._checks.values())
         # Start every check before waiting for any, so they run side by side.
         started = [(check, self._start(check)) for check in checks]
-        return {
-            check.name: self._await(check, call) if isinstance(call, _Call) else call
-            for check, call in started
-        }
+        results = {}
+        for check, call in started:
+            result, error = self._await(check, call) if isinstance(call, _Call) else call
+            results[check.name] = result
+            _log_change(check, result, error)
+        return results
 
-    def _start(self, check: _Check) -> _Call | _Result:
+    def _start(self, check: _Check) -> _Call | tuple[_Result, BaseException | None]:
         """Start ``check`` in a worker thread, unless its previous call has not returned."""
         call = _Call()
         with self._lock:
@@ -466,13 +473,8 @@ class HealthChecks:
                 check.busy = call
         if busy is not None:
             running = time.perf_counter() - busy.started
-            logger.warning(
-                "health check %r is still running after %.1fs; not starting it again",
-                check.name,
-                running,
-            )
             error = f"timed out: still running from an earlier run after {running:.1f}s"
-            return _Result(False, check.critical, running, True, error)
+            return _Result(False, check.critical, running, True, error), None
         worker = threading.Thread(
             target=self._call,
             args=(check, call),
@@ -484,8 +486,7 @@ class HealthChecks:
         except RuntimeError as exc:  # out of threads
             with self._lock:
                 check.busy = None
-            logger.warning("health check %r could not start", check.name, exc_info=exc)
-            return _Result(False, check.critical, 0.0, False, _describe(exc))
+            return _Result(False, check.critical, 0.0, False, _describe(exc)), exc
         return call
 
     def _call(self, check: _Check, call: _Call) -> None:
@@ -500,22 +501,35 @@ class HealthChecks:
                     check.busy = None
             call.done.set()
 
-    def _await(self, check: _Check, call: _Call) -> _Result:
+    def _await(self, check: _Check, call: _Call) -> tuple[_Result, BaseException | None]:
+        """The check's result, and the exception it raised, if any, for the log."""
         remaining = call.started + check.timeout - time.perf_counter()
         if not call.done.wait(max(0.0, remaining)):
-            logger.warning("health check %r timed out after %gs", check.name, check.timeout)
             error = f"timed out after {check.timeout:g}s"
             waited = time.perf_counter() - call.started
-            return _Result(False, check.critical, waited, True, error)
+            return _Result(False, check.critical, waited, True, error), None
         if call.error is not None:
             exc = call.error
-            call.error = None  # drop the frames the traceback holds once logged
-            logger.warning("health check %r failed", check.name, exc_info=exc)
-            return _Result(False, check.critical, call.elapsed, False, _describe(exc))
+            call.error = None  # the caller drops the frames the traceback holds once logged
+            return _Result(False, check.critical, call.elapsed, False, _describe(exc)), exc
         if call.value is False:
-            logger.warning("health check %r returned False", check.name)
-            return _Result(False, check.critical, call.elapsed, False, "returned False")
-        return _Result(True, check.critical, call.elapsed, detail=_detail(call.value))
+            return _Result(False, check.critical, call.elapsed, False, "returned False"), None
+        detail = _detail(call.value) if self._show_details else None
+        return _Result(True, check.critical, call.elapsed, detail=detail), None
+
+
+def _log_change(check: _Check, result: _Result, error: BaseException | None) -> None:
+    """Log a check that starts failing (with the traceback of what it raised) or passes
+    again. A check failing probe after probe is logged once: a load balancer probes every
+    second or so, and a traceback per probe buries everything else in the log."""
+    failing = not result.ok
+    if failing == check.failing:
+        return
+    check.failing = failing
+    if result.ok:
+        logger.warning("health check %r passes again", check.name)
+    else:
+        logger.warning("health check %r is failing: %s", check.name, result.error, exc_info=error)
 
 
 def _seconds(param: str, value: object, *, allow_zero: bool) -> float:
@@ -554,18 +568,42 @@ def _status_delay(status: MaintenanceStatusLike | None) -> int | None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``"Type: message"`` for a body. Total: an exception whose ``str`` raises is described
+    by its type alone, so a check cannot break readiness by how it fails."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:
+        return f"{name} (its message could not be read)"
+    return f"{name}: {text}" if text else name
+
+
+#: How much of a detail that is not JSON a body shows (as its repr, cut short).
+_DETAIL_REPR = reprlib.Repr()
+_DETAIL_REPR.maxlevel = 3
+_DETAIL_REPR.maxstring = 200
+_DETAIL_REPR.maxother = 200
 
 
 def _detail(value: object) -> object:
-    """A str or dict a check returned, if it can go into a JSON body as it is."""
+    """What a body shows for a check's return value: a str as it is, a dict as a plain JSON
+    copy taken now, anything else nothing.
+
+    Total: a dict that JSON cannot hold (too deep, NaN, odd keys or values, changing under
+    another thread) is shown as a short repr, and one whose repr raises too as its type
+    name, so no return value can break readiness.
+    """
     if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
+        return str.__str__(value)  # a plain copy, whatever a subclass's __str__ does
+    if not isinstance(value, dict):
+        return None
+    try:
+        # A copy of plain JSON types: the check may go on changing its own dict, and the
+        # body is serialised later, on another thread, with no room left for surprises.
+        copied: object = json.loads(json.dumps(value, allow_nan=False))
+    except Exception:  # RecursionError, TypeError, ValueError, RuntimeError, ...
         try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            return repr(value)
-        return value
-    return None
+            return _DETAIL_REPR.repr(value)
+        except Exception:
+            return f"<{type(value).__name__} that cannot be shown>"
+    return copied

@@ -156,8 +156,13 @@ def _find(target: object, attribute: str, kind: type[_T], what: str) -> _T:
     if isinstance(found, kind):
         return found
     if hasattr(owner, "maintenance") and hasattr(owner, "gate"):
-        option = "maintenance=" if attribute == "maintenance" else "limit= or gate="
-        raise ValueError(f"target: {target!r} has no {what}; configure it with {option}")
+        # Only a gate can be missing by default; a switch only with maintenance=False.
+        how = (
+            "it was built with maintenance=False"
+            if attribute == "maintenance"
+            else "configure it with limit= or gate="
+        )
+        raise ValueError(f"target: {target!r} has no {what}; {how}")
     raise TypeError(
         f"target: expected a {kind.__name__}, a TideGateMiddleware or a Flask app with "
         f"TideGate, got {target!r}"

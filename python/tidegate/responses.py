@@ -9,10 +9,12 @@ from __future__ import annotations
 import html
 import json
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
+from urllib.parse import urlsplit
 
 from tidegate._tidegate import prefers_html
 
@@ -23,6 +25,7 @@ __all__ = [
     "ErrorPages",
     "Rendered",
     "prefers_html",
+    "status_url_problem",
 ]
 
 Reason = Literal["overload", "maintenance", "dependency", "draining"]
@@ -95,14 +98,53 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def status_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a status link, or ``None`` when it can.
+
+    A status link is an ``http`` or ``https`` URL with a host (the scheme in any case), or a
+    path on this site: one ``/`` followed by anything but another ``/``. Escaping cannot make
+    a ``javascript:`` or ``data:`` link harmless, and ``//host`` is a link to another host.
+    Browsers also read ``\\`` as ``/`` and drop tabs and newlines (``/\\evil.example`` and
+    ``/<tab>/evil.example`` both mean ``//evil.example``), so no backslash, space or control
+    character is accepted anywhere. The API (``status_url=``) and the ``tidegate page
+    --status-url`` option both ask this function.
+    """
+    odd = next((c for c in url if c in " \\" or unicodedata.category(c) == "Cc"), None)
+    if odd is not None:
+        return (
+            "must not hold spaces, backslashes or control characters (browsers read them as "
+            f"another link), got {url!r}"
+        )
+    if url.startswith("/"):
+        if url.startswith("//"):
+            return f"must not start with '//', a link to another host, got {url!r}"
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
+        or not url[len(parts.scheme) :].startswith("://")
+        or not parts.hostname
+    ):
+        return (
+            "must be an http(s) URL with a host or a path on this site starting with one '/', "
+            f"got {url!r}"
+        )
+    return None
+
+
 class ErrorPages:
     """Renders tidegate's 503 responses.
 
     ``messages`` overrides the default message per reason; ``template`` replaces the HTML page
     (a :class:`string.Template` with ``$title``, ``$message``, ``$reason``, ``$retry_after``,
     ``$estimated_return``, ``$estimated_return_html``, ``$status_url`` and
-    ``$status_link_html``); ``status_url`` (an http(s) URL or a path starting with ``/``) adds
-    a link to a status page.
+    ``$status_link_html``); ``status_url`` adds a link to a status page: an http(s) URL with a
+    host, or a path on this site (see :func:`status_url_problem`).
     """
 
     def __init__(
@@ -133,12 +175,9 @@ class ErrorPages:
         if status_url is not None:
             if not isinstance(status_url, str):
                 raise TypeError(f"status_url: must be a str, got {status_url!r}")
-            # Escaping cannot make a javascript: or data: link harmless; only web links pass.
-            if not status_url.lower().startswith(("http://", "https://", "/")):
-                raise ValueError(
-                    f"status_url: must be an http(s) URL or a path starting with '/', "
-                    f"got {status_url!r}"
-                )
+            problem = status_url_problem(status_url)
+            if problem is not None:
+                raise ValueError(f"status_url: {problem}")
         self.messages: dict[str, str] = {**DEFAULT_MESSAGES, **(messages or {})}
         self.template = string.Template(template or DEFAULT_TEMPLATE)
         self.status_url = status_url

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from tidegate._policy import DEFAULT_HEALTH_PATHS, Policy
+from tidegate._policy import DEFAULT_HEALTH_PATHS, MaintenanceOption, Policy
 from tidegate._tidegate import MiddlewareCore
 from tidegate.responses import STATUS, Rendered
 
@@ -38,10 +38,12 @@ class TideGateMiddleware(MiddlewareCore):
       ``retry_after`` seconds plus up to ``retry_jitter`` more, picked at random per response.
       The permit is taken before the app runs and given back when the server closes the
       response (PEP 3333), or at once if the app raises: streamed bodies hold it until done.
-    - ``maintenance``: a :class:`~tidegate.MaintenanceSwitch` or a state-file path. While it is
-      on, requests get the maintenance 503 unless they come from ``bypass_networks`` (the peer
-      address, or ``X-Forwarded-For`` read through ``trusted_proxies`` proxies) or carry
-      ``bypass_header`` with the value ``bypass_token`` (compared in constant time).
+    - ``maintenance``: a :class:`~tidegate.MaintenanceSwitch` or a state-file path; by default
+      (``None``) a ``MaintenanceSwitch()`` of this process that also follows the
+      ``MAINTENANCE_MODE`` environment variable; ``False`` for none. While it is on, requests
+      get the maintenance 503 unless they come from ``bypass_networks`` (the peer address, or
+      ``X-Forwarded-For`` read through ``trusted_proxies`` proxies) or carry ``bypass_header``
+      with the value ``bypass_token`` (compared in constant time).
     - ``exempt_paths``: paths never gated nor put in maintenance (default: the health paths).
     - ``health``: a :class:`~tidegate.HealthChecks` served at ``health_path`` (readiness) and
       ``live_path`` (liveness).
@@ -56,7 +58,7 @@ class TideGateMiddleware(MiddlewareCore):
         *,
         limit: int | None = None,
         gate: Any = None,
-        maintenance: Any = None,
+        maintenance: MaintenanceOption = None,
         exempt_paths: Iterable[str] | None = None,
         health: Any = None,
         health_path: str = "/health",
@@ -117,7 +119,7 @@ class TideGateMiddleware(MiddlewareCore):
 
     @property
     def maintenance(self) -> Any:
-        """The :class:`~tidegate.MaintenanceSwitch` in use, or ``None``."""
+        """The :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
         return self.policy.maintenance
 
     def _serve_health(
