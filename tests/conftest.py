@@ -155,3 +155,30 @@ def start_gunicorn() -> Iterator[Callable[..., GunicornServer]]:
             return stack.enter_context(GunicornServer(app, **options))
 
         yield start
+
+
+# -- values that break naive rendering ---------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A dict nested ``depth`` deep: ``{'a': {'a': ...}}``."""
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+class Unrepresentable:
+    """An object whose ``repr`` raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableError(Exception):
+    """An exception whose ``str`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import UnprintableError, Unrepresentable, nested
 
 import tidegate
 from tidegate import MaintenanceSwitch, RetryAfter
@@ -1399,30 +1400,6 @@ def full_gate_request(**environ: Any) -> str:
         return describe(mw, environ)
     finally:
         held.close()
-
-
-def nested(depth: int) -> dict[str, Any]:
-    """A dict nested ``depth`` deep: ``{'a': {'a': ...}}``."""
-    document: dict[str, Any] = {}
-    inner = document
-    for _ in range(depth):
-        inner["a"] = {}
-        inner = inner["a"]
-    return document
-
-
-class Unrepresentable:
-    """An object whose ``repr`` raises."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-
-class UnprintableError(Exception):
-    """An exception whose ``str`` raises."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("no str")
 
 
 def raising(error: BaseException) -> Any:

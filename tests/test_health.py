@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import UnprintableError, Unrepresentable, nested
 
 import tidegate
 from tidegate import HealthChecks
@@ -770,25 +771,6 @@ def test_a_maintenance_object_without_status_is_refused() -> None:
 
 
 # --- whatever a check returns or raises, readiness answers ----------------------------------
-
-
-def nested(depth: int) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    inner = document
-    for _ in range(depth):
-        inner["a"] = {}
-        inner = inner["a"]
-    return document
-
-
-class Unrepresentable:
-    def __repr__(self) -> str:
-        raise RuntimeError("repr refused")
-
-
-class UnprintableError(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("str refused")
 
 
 def raise_unprintable() -> None:
