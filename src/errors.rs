@@ -287,6 +287,12 @@ fn huge(value: &pyo3::Bound<'_, pyo3::PyAny>) -> WholeNumber {
     }
 }
 
+/// A native object used before, or configured after, its one configuration: a mistake in
+/// tidegate's own Python layer, never a user's.
+pub fn config_error(message: &str) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(message.to_owned())
+}
+
 /// Turns an I/O failure on a named path into an `OSError` that says what was being done.
 pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> PyErr {
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))

@@ -4,6 +4,7 @@ pub mod accept;
 pub mod breaker;
 pub mod breaker_py;
 pub mod clock;
+pub mod decide;
 pub mod errors;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -21,6 +22,8 @@ mod _tidegate {
     #[pymodule_export]
     use crate::breaker_py::{BreakerPy, CircuitOpenError};
     #[pymodule_export]
+    use crate::decide::DecisionCore;
+    #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
     use crate::maintenance::{
@@ -37,6 +40,8 @@ mod _tidegate {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::breaker_py::prepare_module(m)?;
         crate::maintenance::prepare_module(m)?;
+        m.add("EXEMPT_GATE", crate::decide::EXEMPT_GATE)?;
+        m.add("EXEMPT_MAINTENANCE", crate::decide::EXEMPT_MAINTENANCE)?;
         Ok(())
     }
 }

@@ -1,7 +1,9 @@
-"""Options shared by the WSGI middleware and the Flask extension, and the decisions that are
-not on the per-request hot path: maintenance bypass, health endpoints, and which 503 to send.
+"""The options, validated, and what the one decision (``tidegate._tidegate``'s decision core)
+asks Python for: the maintenance bypass and the maintenance 503, the health answers, the
+dependency 503, and the overload 503 rendered ahead of time.
 
-Both adapters build one :class:`Policy` and ask it; neither re-implements what it decides.
+Every adapter builds one :class:`Policy` from its options and hands the decision core what
+:meth:`Policy.core_config` gives; no adapter decides anything itself.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import json
 import logging
 import math
 import os
-import random
 import string
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Union
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Union
 
+from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
 from tidegate._tidegate import CapacityGate, MaintenanceSwitch, process_draining
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy"]
 
@@ -32,27 +35,6 @@ logger = logging.getLogger("tidegate")
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
-#: Every option :class:`Policy` takes; the Flask extension reads each from ``TIDEGATE_<NAME>``.
-OPTION_NAMES = (
-    "limit",
-    "gate",
-    "maintenance",
-    "exempt_paths",
-    "health",
-    "health_path",
-    "live_path",
-    "retry_after",
-    "retry_jitter",
-    "pages",
-    "messages",
-    "template",
-    "status_url",
-    "bypass_networks",
-    "trusted_proxies",
-    "bypass_header",
-    "bypass_token",
-)
 
 
 def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -121,7 +103,6 @@ def _secret(value: object) -> bytes:
 
 #: What ``maintenance`` takes: a switch, a state-file path, ``None`` for the default switch
 #: (this process plus ``MAINTENANCE_MODE``) or ``False`` for no switch at all.
-MaintenanceOption = Union[MaintenanceSwitch, str, "os.PathLike[str]", Literal[False], None]
 
 
 def _maintenance(value: object) -> MaintenanceSwitch | None:
@@ -171,34 +152,23 @@ class Policy:
     """Validated options plus the decisions made off the hot path. See
     :class:`tidegate.wsgi.TideGateMiddleware` for what each option means."""
 
-    def __init__(
-        self,
-        *,
-        limit: int | None = None,
-        gate: CapacityGate | None = None,
-        maintenance: MaintenanceOption = None,
-        exempt_paths: Iterable[str] | None = None,
-        health: Any = None,
-        health_path: str = "/health",
-        live_path: str = "/health/live",
-        retry_after: int = 1,
-        retry_jitter: int = 0,
-        pages: ErrorPages | None = None,
-        messages: Mapping[str, str] | None = None,
-        template: str | None = None,
-        status_url: str | None = None,
-        bypass_networks: Iterable[str] = (),
-        trusted_proxies: int = 0,
-        bypass_header: str | None = None,
-        bypass_token: str | None = None,
-    ) -> None:
+    def __init__(self, owner: str = "Policy", /, **given: Unpack[Options]) -> None:
+        error = unknown_option(owner, given)
+        if error is not None:
+            raise error
+        options: Options = {**DEFAULTS, **given}
+        limit = options["limit"]
+        gate = options["gate"]
+        messages, template = options["messages"], options["template"]
+        status_url, pages = options["status_url"], options["pages"]
+        bypass_header, bypass_token = options["bypass_header"], options["bypass_token"]
         if limit is not None and gate is not None:
             raise ValueError("limit: give either limit or gate, not both")
         if gate is not None and not isinstance(gate, CapacityGate):
             raise TypeError(f"gate: must be a CapacityGate, got {gate!r}")
         self.gate = CapacityGate(limit) if limit is not None else gate
-        self.retry_after = _whole("retry_after", retry_after, 0, 2**31)
-        self.retry_jitter = _whole("retry_jitter", retry_jitter, 0, 300)
+        self.retry_after = _whole("retry_after", options["retry_after"], 0, 2**31)
+        self.retry_jitter = _whole("retry_jitter", options["retry_jitter"], 0, 300)
         if pages is not None:
             if not isinstance(pages, ErrorPages):
                 raise TypeError(f"pages: must be an ErrorPages, got {pages!r}")
@@ -207,17 +177,18 @@ class Policy:
             self.pages = pages
         else:
             self.pages = ErrorPages(messages=messages, template=template, status_url=status_url)
-        self.maintenance = _maintenance(maintenance)
-        self.health = _health(health)
-        self.health_path = _path("health_path", health_path)
-        self.live_path = _path("live_path", live_path)
+        self.maintenance = _maintenance(options["maintenance"])
+        self.health = _health(options["health"])
+        self.health_path = _path("health_path", options["health_path"])
+        self.live_path = _path("live_path", options["live_path"])
+        exempt_paths = options["exempt_paths"]
         self.exempt_paths = (
             (self.health_path, self.live_path)
             if exempt_paths is None
             else _paths("exempt_paths", exempt_paths)
         )
-        self.bypass_networks = _networks(bypass_networks)
-        self.trusted_proxies = _whole("trusted_proxies", trusted_proxies, 0, 64)
+        self.bypass_networks = _networks(options["bypass_networks"])
+        self.trusted_proxies = _whole("trusted_proxies", options["trusted_proxies"], 0, 64)
         if (bypass_header is None) != (bypass_token is None):
             raise ValueError("bypass_header: give both bypass_header and bypass_token, or neither")
         self._bypass_key: str | None = None
@@ -234,18 +205,24 @@ class Policy:
             for seconds in range(self.retry_after, self.retry_after + self.retry_jitter + 1)
         ]
 
-    # -- what the hot path needs prepared ----------------------------------------------
+    # -- what the decision core is configured with ---------------------------------------
 
-    def overload_variants(
-        self,
-    ) -> list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]], bytes]]:
-        """The overload 503 for every Retry-After the jitter can pick, as JSON and as HTML."""
-        return [
-            (as_json.headers, as_json.body, as_html.headers, as_html.body)
-            for as_json, as_html in self._overload
-        ]
+    def core_config(self) -> dict[str, Any]:
+        """The decision core's configuration: the gate and switch, the routes of ours (health
+        answers; ``None`` for a path that is only exempt), and the renderer's callbacks."""
+        routes: dict[str, Any] = dict.fromkeys(self.exempt_paths)
+        if self.health is not None:
+            routes[self.health_path] = self.health_response
+            routes[self.live_path] = self.health_response
+        return {
+            "gate": self.gate,
+            "maintenance": self.maintenance,
+            "routes": routes,
+            "on_maintenance": self.maintenance_response,
+            "overload": self._overload,
+        }
 
-    # -- decisions ---------------------------------------------------------------------
+    # -- what the decision asks --------------------------------------------------------
 
     def render(
         self, environ: WSGIEnvironment, reason: str, *, retry_after: int, **details: Any
@@ -254,12 +231,6 @@ class Policy:
         accept = environ.get("HTTP_ACCEPT")
         as_html = isinstance(accept, str) and prefers_html(accept)
         return self.pages.render(reason, retry_after=retry_after, html_page=as_html, **details)
-
-    def overload(self, environ: WSGIEnvironment) -> Rendered:
-        """The overload 503, with a Retry-After picked from the jitter range."""
-        as_json, as_html = random.choice(self._overload)
-        accept = environ.get("HTTP_ACCEPT")
-        return as_html if isinstance(accept, str) and prefers_html(accept) else as_json
 
     def maintenance_response(self, environ: WSGIEnvironment) -> Rendered | None:
         """The maintenance 503, or ``None`` when maintenance is off or this request bypasses it."""
@@ -316,8 +287,9 @@ class Policy:
         if code == 200:
             return Rendered("200 OK", headers, body)
         retry = document.get("retry_after") if isinstance(document, dict) else None
-        headers.append(("Retry-After", str(retry if isinstance(retry, int) else 1)))
-        return Rendered(STATUS, headers, body)
+        seconds = retry if isinstance(retry, int) and not isinstance(retry, bool) else 1
+        headers.append(("Retry-After", str(seconds)))
+        return Rendered(STATUS, headers, body, retry_after=seconds)
 
     def bypassed(self, environ: WSGIEnvironment) -> bool:
         """Whether this request may pass through maintenance."""

@@ -24,10 +24,13 @@ _L = TypeVar("_L", bound=Callable[..., object])
 
 __version__: str
 __all__ = [
+    "EXEMPT_GATE",
+    "EXEMPT_MAINTENANCE",
     "CapacityGate",
     "CircuitBreaker",
     "CircuitOpenError",
     "ClosingBody",
+    "DecisionCore",
     "MaintenanceStatus",
     "MaintenanceSwitch",
     "MiddlewareCore",
@@ -182,6 +185,39 @@ def prefers_html(accept: str) -> bool:
     valid UTF-8 (a lone surrogate) is read with replacement characters.
     """
 
+#: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips the gate.
+EXEMPT_GATE: int
+#: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips maintenance.
+EXEMPT_MAINTENANCE: int
+
+@disjoint_base
+class DecisionCore:
+    """The one per-request decision, for adapters that build their own responses (the Flask
+    hooks, the Django middleware). Not for direct use.
+
+    In order: routes of ours (health answers) and exempt paths, exempt views (``exempt``
+    flags), maintenance with its bypass, the gate. Configured once from
+    ``Policy.core_config()``.
+    """
+
+    def __new__(cls, *_args: object, **_kwargs: object) -> DecisionCore: ...
+    def _configure(
+        self,
+        *,
+        gate: CapacityGate | None,
+        maintenance: MaintenanceSwitch | None,
+        routes: dict[str, Any],
+        on_maintenance: Any,
+        overload: list[tuple[Any, Any]],
+    ) -> None: ...
+    def decide(self, environ: dict[str, Any], exempt: int = 0) -> Any:
+        """``None`` to let the request through (an admitted request's permit is kept in
+        ``environ``), or the ``Rendered`` to answer with."""
+    def release(self, environ: dict[str, Any]) -> None:
+        """Gives back the permit ``decide`` kept in ``environ``, if it is still there."""
+    def hand_over(self, environ: dict[str, Any]) -> Permit | None:
+        """Takes the permit out of ``environ`` for a streamed body to release when closed."""
+
 @disjoint_base
 class MiddlewareCore:
     """The per-request half of :class:`tidegate.wsgi.TideGateMiddleware`. Not for direct use."""
@@ -192,13 +228,12 @@ class MiddlewareCore:
         *,
         app: object,
         gate: CapacityGate | None,
-        routes: dict[str, object],
         maintenance: MaintenanceSwitch | None,
-        on_maintenance: object,
-        on_dependency: object,
+        routes: dict[str, Any],
+        on_maintenance: Any,
+        overload: list[tuple[Any, Any]],
+        on_dependency: Any,
         dependency_error: object,
-        overload_status: str,
-        overload_variants: list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]], bytes]],
     ) -> None: ...
     def __call__(self, *args: Any) -> Iterable[bytes]: ...
 

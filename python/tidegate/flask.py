@@ -1,52 +1,45 @@
-"""Flask extension: tidegate's 503 handling as ``before_request`` / ``after_request`` /
-``teardown_request`` hooks.
+"""Flask extension: tidegate's 503 handling as ``before_request`` / ``teardown_request`` hooks
+over the one decision every adapter shares.
 
-Each request owns its permit: only a request this extension admitted gives one back, and
-exactly once. A request that another hook answered first, or that tidegate itself turned away,
-releases nothing, so the limit holds under overload. A streamed response keeps its permit until
-the server closes the body, not merely until the view returns.
+``before_request`` asks the decision core and answers with its 503 (or health answer) when it
+says so; ``teardown_request`` gives back the permit the core left in ``request.environ``. Each
+request owns its permit: only a request the core admitted gives one back, and exactly once. A
+request that another hook answered first, or that tidegate itself turned away, releases
+nothing, so the limit holds under overload. A streamed response keeps its permit until the
+server closes the body, not merely until the view returns (``after_request`` hands it to the
+body's close).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from tidegate._policy import OPTION_NAMES, Policy
-from tidegate._tidegate import CircuitOpenError, Permit
+from tidegate._options import FLASK_CONFIG_KEYS, Options, signature_with_options, unknown_option
+from tidegate._policy import Policy
+from tidegate._tidegate import EXEMPT_GATE, EXEMPT_MAINTENANCE, CircuitOpenError, DecisionCore
 from tidegate.responses import Rendered
 
-__all__ = ["CONFIG_PREFIX", "TideGate", "TideGateState", "TideGateUnavailable"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-#: ``app.config`` keys are this prefix plus the option name in capitals (``TIDEGATE_LIMIT``).
+__all__ = ["CONFIG_PREFIX", "FLASK_CONFIG_KEYS", "TideGate", "TideGateState", "TideGateUnavailable"]
+
+#: ``app.config`` keys are this prefix plus the option name in capitals (``TIDEGATE_LIMIT``);
+#: :data:`FLASK_CONFIG_KEYS` maps every option to its key.
 CONFIG_PREFIX = "TIDEGATE_"
 
 _EXTENSION_KEY = "tidegate"
-_REQUEST_KEY = "tidegate.flask.request"
+#: Where a refusal waits for ``after_request`` when the app renders 503s itself.
+_REFUSED_KEY = "tidegate.refused"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class _Exemption:
-    gate: bool
-    maintenance: bool
-
-
-class _RequestState:
-    """What tidegate knows about one request: the permit it owns, if any."""
-
-    __slots__ = ("handed_to_body", "permit", "retry_after")
-
-    def __init__(self) -> None:
-        self.permit: Permit | None = None
-        self.handed_to_body = False
-        self.retry_after: int | None = None
 
 
 @dataclass
@@ -55,7 +48,9 @@ class TideGateState:
 
     extension: TideGate
     policy: Policy
-    exempt_views: dict[Callable[..., Any], _Exemption] = field(default_factory=dict)
+    core: DecisionCore
+    #: view function -> ``EXEMPT_*`` flags for the decision core.
+    exempt_views: dict[Callable[..., Any], int] = field(default_factory=dict)
     own_503_handler: bool | None = None
 
     @property
@@ -78,12 +73,10 @@ class TideGateUnavailable(ServiceUnavailable):
     ``reason`` and ``retry_after`` tell why); ``Retry-After`` is put back on whatever
     response that handler makes."""
 
-    def __init__(self, rendered: Rendered, reason: str, retry_after: int) -> None:
-        super().__init__(
-            response=_to_response(rendered),
-            retry_after=retry_after,
-        )
-        self.reason = reason
+    def __init__(self, rendered: Rendered) -> None:
+        super().__init__(response=_to_response(rendered), retry_after=rendered.retry_after)
+        self.reason = rendered.reason
+        self.rendered = rendered
 
 
 class TideGate:
@@ -97,36 +90,44 @@ class TideGate:
     ``MAINTENANCE_MODE``); ``maintenance=False`` (or ``TIDEGATE_MAINTENANCE = False``) for none.
     """
 
-    def __init__(self, app: Flask | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - set(OPTION_NAMES))
-        if unknown:
-            raise TypeError(f"TideGate: unknown option {unknown[0]!r}")
+    def __init__(self, app: Flask | None = None, **options: Unpack[Options]) -> None:
+        error = unknown_option("TideGate", options)
+        if error is not None:
+            raise error
         self._options = options
-        self._exempt: dict[Callable[..., Any], _Exemption] = {}
+        self._exempt: dict[Callable[..., Any], int] = {}
         if app is not None:
             self.init_app(app)
+
+    __init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("app", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        ]
+    )
 
     def init_app(self, app: Flask) -> None:
         """Registers tidegate's hooks on ``app``; a second registration is a ``RuntimeError``."""
         if _EXTENSION_KEY in app.extensions:
             raise RuntimeError("tidegate is already registered on this app")
-        options = {
-            name: app.config[CONFIG_PREFIX + name.upper()]
-            for name in OPTION_NAMES
-            if CONFIG_PREFIX + name.upper() in app.config
+        options: dict[str, Any] = {
+            name: app.config[key] for name, key in FLASK_CONFIG_KEYS.items() if key in app.config
         }
         options.update(self._options)
-        state = TideGateState(self, Policy(**options), self._exempt)
+        policy = Policy("TideGate", **options)
+        core = DecisionCore()
+        core._configure(**policy.core_config())
+        state = TideGateState(self, policy, core, self._exempt)
         app.extensions[_EXTENSION_KEY] = state
         # First in line, so excess requests are shed before any other hook does work.
         app.before_request_funcs.setdefault(None, []).insert(
-            0, functools.partial(self._before_request, state)
+            0, functools.partial(_before_request, state)
         )
-        app.after_request(self._after_request)
-        app.teardown_request(self._teardown_request)
+        app.after_request(functools.partial(_after_request, state))
+        app.teardown_request(functools.partial(_teardown_request, core.release))
         if CircuitOpenError not in app.error_handler_spec.get(None, {}).get(None, {}):
             app.register_error_handler(
-                CircuitOpenError, functools.partial(self._on_dependency_error, state)
+                CircuitOpenError, functools.partial(_on_dependency_error, state)
             )
 
     @overload
@@ -145,86 +146,63 @@ class TideGate:
         def mark(fn: F) -> F:
             if not callable(fn):
                 raise TypeError(f"exempt: expected a view function, got {fn!r}")
-            self._exempt[fn] = _Exemption(gate=gate, maintenance=maintenance)
+            self._exempt[fn] = (EXEMPT_GATE if gate else 0) | (
+                EXEMPT_MAINTENANCE if maintenance else 0
+            )
             return fn
 
         return mark(view) if view is not None else mark
 
-    # -- hooks -------------------------------------------------------------------------
-    # Registered per app with that app's state bound in, so a request never looks it up
-    # through ``current_app``; each hook touches the ``request`` proxy once.
 
-    def _before_request(self, state: TideGateState) -> Response | None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        policy = state.policy
-        path = req.path
-        if path in policy.exempt_paths:
-            health = policy.health_response(path)
-            return None if health is None else _to_response(health)
-        exemption = None
-        if state.exempt_views:
-            view = current_app.view_functions.get(req.endpoint or "")
-            exemption = state.exempt_views.get(view) if view is not None else None
-        environ = req.environ
-        mine = _RequestState()
-        environ[_REQUEST_KEY] = mine
-        switch = policy.maintenance
-        if (
-            switch is not None
-            and switch.active
-            and (exemption is None or not exemption.maintenance)
-        ):
-            rendered = policy.maintenance_response(environ)
-            if rendered is not None:
-                return self._reject(state, mine, rendered, "maintenance")
-        gate = policy.gate
-        if gate is not None and (exemption is None or not exemption.gate):
-            permit = gate.try_acquire()
-            if permit is None:
-                return self._reject(state, mine, policy.overload(environ), "overload")
-            mine.permit = permit
-        return None
+# -- hooks -------------------------------------------------------------------------------------
+# Registered per app with that app's state bound in, so a request never looks it up through
+# ``current_app``. They only translate: the decision is the core's.
 
-    def _after_request(self, response: Response) -> Response:
-        mine: _RequestState | None = request.environ.get(_REQUEST_KEY)
-        if mine is None:
-            return response
-        permit = mine.permit
-        if permit is not None and response.is_streamed and not permit.released:
+
+def _before_request(state: TideGateState) -> Response | None:
+    environ = request.environ
+    exempt = 0
+    if state.exempt_views:
+        view = current_app.view_functions.get(request.endpoint or "")
+        exempt = state.exempt_views.get(view, 0) if view is not None else 0
+    rendered = state.core.decide(environ, exempt)
+    return None if rendered is None else _answer(state, rendered)
+
+
+def _after_request(state: TideGateState, response: Response) -> Response:
+    environ = request.environ
+    if response.is_streamed:
+        permit = state.core.hand_over(environ)
+        if permit is not None:
             response.call_on_close(permit.release)
-            mine.handed_to_body = True
-        if mine.retry_after is not None and response.status_code == 503:
-            response.headers.setdefault("Retry-After", str(mine.retry_after))
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    refused: Rendered | None = environ.get(_REFUSED_KEY)
+    if refused is not None and response.status_code == 503:
+        response.headers.setdefault("Retry-After", str(refused.retry_after))
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
-    def _teardown_request(self, exc: BaseException | None = None) -> None:
-        mine: _RequestState | None = request.environ.get(_REQUEST_KEY)
-        if mine is not None and mine.permit is not None and not mine.handed_to_body:
-            mine.permit.release()
 
-    def _on_dependency_error(self, state: TideGateState, error: Exception) -> Any:
-        environ = request.environ
-        mine = environ.setdefault(_REQUEST_KEY, _RequestState())
-        rendered = state.policy.dependency_response(environ, error)
-        return self._reject(state, mine, rendered, "dependency")
+def _teardown_request(release: Callable[[Any], None], exc: BaseException | None = None) -> None:
+    release(request.environ)
 
-    @staticmethod
-    def _reject(
-        state: TideGateState, mine: _RequestState, rendered: Rendered, reason: str
-    ) -> Response:
-        """The 503 itself, or, when the app has its own 503 handler, what that handler makes
-        of a :class:`TideGateUnavailable` (Retry-After is restored in ``after_request``)."""
-        retry_after = int(dict(rendered.headers)["Retry-After"])
-        mine.retry_after = retry_after
-        if state.own_503_handler is None:
-            state.own_503_handler = _has_own_503_handler(current_app._get_current_object())  # type: ignore[attr-defined]
-        if not state.own_503_handler:
-            return _to_response(rendered)
-        handled = current_app.handle_http_exception(
-            TideGateUnavailable(rendered, reason, retry_after)
-        )
-        return current_app.make_response(handled)
+
+def _on_dependency_error(state: TideGateState, error: Exception) -> Any:
+    return _answer(state, state.policy.dependency_response(request.environ, error))
+
+
+def _answer(state: TideGateState, rendered: Rendered) -> Response:
+    """The response for ``rendered``: itself, or, for a 503 of ours when the app has its own
+    503 handler, what that handler makes of a :class:`TideGateUnavailable` (Retry-After is
+    restored in ``after_request``)."""
+    if rendered.reason is None:  # a health answer: never the app's to restyle
+        return _to_response(rendered)
+    if state.own_503_handler is None:
+        state.own_503_handler = _has_own_503_handler(current_app._get_current_object())  # type: ignore[attr-defined]
+    if not state.own_503_handler:
+        return _to_response(rendered)
+    request.environ[_REFUSED_KEY] = rendered
+    handled = current_app.handle_http_exception(TideGateUnavailable(rendered))
+    return current_app.make_response(handled)
 
 
 def _has_own_503_handler(app: Flask) -> bool:

@@ -82,11 +82,15 @@ $status_link_html
 
 @dataclass(frozen=True)
 class Rendered:
-    """A finished 503: status line, headers (``Content-Length`` included) and body."""
+    """A finished answer: status line, headers (``Content-Length`` included) and body. A 503
+    also says why (``reason``) and when to come back (``retry_after``, the seconds its
+    ``Retry-After`` header says), so nobody reads them back out of the headers."""
 
     status: str
     headers: list[tuple[str, str]]
     body: bytes
+    reason: str | None = None
+    retry_after: int | None = None
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -215,7 +219,7 @@ class ErrorPages:
             ("Retry-After", str(retry_after)),
             ("Cache-Control", "no-store"),
         ]
-        return Rendered(STATUS, headers, body)
+        return Rendered(STATUS, headers, body, reason, retry_after)
 
     def _page(self, reason: str, message: str, retry_after: int, returning: str | None) -> str:
         escape = html.escape

@@ -1,23 +1,25 @@
 """WSGI middleware: shed load, serve maintenance and health, turn open breakers into 503s.
 
 Framework-free: it wraps any WSGI app (Flask, Django's ``application``, a bare callable) and
-never imports a framework. The per-request decision runs in the Rust core
-(:class:`tidegate._tidegate.MiddlewareCore`); this module validates options and answers what
-is off the hot path through :class:`tidegate._policy.Policy`.
+never imports a framework. The per-request decision runs in the Rust core (the one decision
+every adapter shares, with :class:`tidegate._tidegate.MiddlewareCore` adding what is WSGI's
+own); this module validates the options through :class:`tidegate._policy.Policy`.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from tidegate._policy import DEFAULT_HEALTH_PATHS, MaintenanceOption, Policy
+from tidegate._options import Options, signature_with_options
+from tidegate._policy import DEFAULT_HEALTH_PATHS, Policy
 from tidegate._tidegate import MiddlewareCore
-from tidegate.responses import STATUS, Rendered
+from tidegate.responses import Rendered
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_HEALTH_PATHS", "TideGateMiddleware"]
 
@@ -52,65 +54,24 @@ class TideGateMiddleware(MiddlewareCore):
     - ``pages`` (or ``messages``, ``template``, ``status_url``) shape the 503 body.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        limit: int | None = None,
-        gate: Any = None,
-        maintenance: MaintenanceOption = None,
-        exempt_paths: Iterable[str] | None = None,
-        health: Any = None,
-        health_path: str = "/health",
-        live_path: str = "/health/live",
-        retry_after: int = 1,
-        retry_jitter: int = 0,
-        pages: Any = None,
-        messages: dict[str, str] | None = None,
-        template: str | None = None,
-        status_url: str | None = None,
-        bypass_networks: Iterable[str] = (),
-        trusted_proxies: int = 0,
-        bypass_header: str | None = None,
-        bypass_token: str | None = None,
-    ) -> None:
+    def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:
         if not callable(app):
             raise TypeError(f"app: must be a WSGI callable, got {app!r}")
         self.app = app
-        self.policy = policy = Policy(
-            limit=limit,
-            gate=gate,
-            maintenance=maintenance,
-            exempt_paths=exempt_paths,
-            health=health,
-            health_path=health_path,
-            live_path=live_path,
-            retry_after=retry_after,
-            retry_jitter=retry_jitter,
-            pages=pages,
-            messages=messages,
-            template=template,
-            status_url=status_url,
-            bypass_networks=bypass_networks,
-            trusted_proxies=trusted_proxies,
-            bypass_header=bypass_header,
-            bypass_token=bypass_token,
-        )
-        routes: dict[str, object] = dict.fromkeys(policy.exempt_paths)
-        if policy.health is not None:
-            routes[policy.health_path] = self._serve_health
-            routes[policy.live_path] = self._serve_health
+        self.policy = policy = Policy("TideGateMiddleware", **options)
         self._configure(
             app=app,
-            gate=policy.gate,
-            routes=routes,
-            maintenance=policy.maintenance,
-            on_maintenance=self._serve_maintenance,
-            on_dependency=self._serve_dependency,
+            **policy.core_config(),
+            on_dependency=self._start_dependency,
             dependency_error=_dependency_errors(),
-            overload_status=STATUS,
-            overload_variants=policy.overload_variants(),
         )
+
+    __init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("app", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ]
+    )
 
     @property
     def gate(self) -> Any:
@@ -122,18 +83,10 @@ class TideGateMiddleware(MiddlewareCore):
         """The :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
         return self.policy.maintenance
 
-    def _serve_health(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        rendered = self.policy.health_response(path if isinstance(path, str) else "")
-        if rendered is None:
-            return self.app(environ, start_response)
-        return _send(environ, start_response, rendered)
-
-    def _serve_dependency(
+    def _start_dependency(
         self, environ: WSGIEnvironment, start_response: StartResponse, error: BaseException
-    ) -> Iterable[bytes]:
+    ) -> Rendered:
+        """Starts the dependency 503 for ``error``; the core sends its body (none for HEAD)."""
         rendered = self.policy.dependency_response(environ, error)
         try:
             # The usual case: the app raised before starting a response. No exc_info here:
@@ -154,21 +107,4 @@ class TideGateMiddleware(MiddlewareCore):
                 raise error
             except BaseException:
                 start_response(rendered.status, list(rendered.headers), sys.exc_info())
-        return _body(environ, rendered)
-
-    def _serve_maintenance(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes] | None:
-        rendered = self.policy.maintenance_response(environ)
-        return None if rendered is None else _send(environ, start_response, rendered)
-
-
-def _send(
-    environ: WSGIEnvironment, start_response: StartResponse, rendered: Rendered
-) -> list[bytes]:
-    start_response(rendered.status, list(rendered.headers))
-    return _body(environ, rendered)
-
-
-def _body(environ: WSGIEnvironment, rendered: Rendered) -> list[bytes]:
-    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [rendered.body]
+        return rendered

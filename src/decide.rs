@@ -1,0 +1,319 @@
+//! The one per-request decision, for every adapter.
+//!
+//! In order: the routes tidegate owns (readiness, liveness) and exempt paths; exempt views (the
+//! adapter says which); maintenance, with its bypass; the gate. An adapter (the WSGI middleware,
+//! the Flask hooks, the Django middleware) translates its request into a WSGI environ (Flask's
+//! `request.environ` and Django's `request.META` are one) plus exemption flags, asks
+//! [`Decider::decide`], and turns the [`Verdict`] into its response. Facts are read from the
+//! environ only when a decision needs them: the path always, the bypass facts only while
+//! maintenance is on, `Accept` only when refusing.
+//!
+//! Later inputs (queue time, priority) and other gates (adaptive, priority shares) belong here,
+//! between maintenance and the gate, so that no adapter changes when they arrive.
+//!
+//! Refusals are rendered by one renderer, `tidegate.responses.ErrorPages` (Python): the overload
+//! 503 ahead of time, one variant per Retry-After the jitter can pick; the others on demand,
+//! through the policy's callbacks. Every refusal is a `Rendered` that carries its reason and
+//! Retry-After.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use crate::accept::str_prefers_html;
+use crate::errors::config_error;
+use crate::gate::{Gate, GatePy, PermitPy};
+use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
+
+/// The request may skip the gate (an exempt view).
+pub const EXEMPT_GATE: u8 = 1;
+/// The request may skip maintenance (an exempt view).
+pub const EXEMPT_MAINTENANCE: u8 = 1 << 1;
+
+/// One way of saying the overload 503 (for one Retry-After), ready for any adapter.
+pub struct Rendition {
+    /// The `Rendered` itself, for adapters that build their own response object.
+    pub rendered: Py<PyAny>,
+    /// Its status line, headers as `(name, value)` tuples and body, for the WSGI path.
+    pub status: Py<PyAny>,
+    pub headers: Vec<Py<PyTuple>>,
+    pub body: Py<PyTuple>,
+}
+
+/// The overload 503 for one Retry-After, as JSON and as HTML.
+pub struct Variant {
+    pub json: Rendition,
+    pub html: Rendition,
+}
+
+/// What the decision says about one request.
+pub enum Verdict<'py> {
+    /// Pass to the app; holds a slot of this gate when there is one, to give back once.
+    Admit(Option<Arc<Gate>>),
+    /// Answer with this `Rendered` (a route of ours, or a refusal).
+    Answer(Bound<'py, PyAny>),
+    /// The overload 503: answer with this variant, as HTML when `html`.
+    Shed { variant: &'py Variant, html: bool },
+}
+
+/// Everything the decision needs, set once.
+pub struct Decider {
+    pub gate: Option<Arc<Gate>>,
+    pub maintenance: Option<Arc<Maintenance>>,
+    /// path -> `None` (exempt: straight to the app) or a callable `(path) -> Rendered | None`
+    /// (a route of ours; `None` from it means exempt).
+    pub routes: Py<PyDict>,
+    /// `(environ) -> Rendered | None`, called while maintenance is on; `None` means the
+    /// request may bypass it.
+    pub on_maintenance: Py<PyAny>,
+    pub variants: Vec<Variant>,
+    seed: AtomicU64,
+}
+
+/// As Python hands the overload 503 over: one `(json, html)` pair of `Rendered` per
+/// Retry-After the jitter can pick.
+pub type OverloadRenditions = Vec<(Py<PyAny>, Py<PyAny>)>;
+
+impl Decider {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        py: Python<'_>,
+        gate: Option<PyRef<'_, GatePy>>,
+        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
+        routes: Py<PyDict>,
+        on_maintenance: Py<PyAny>,
+        overload: OverloadRenditions,
+    ) -> PyResult<Self> {
+        if overload.is_empty() {
+            return Err(config_error("overload: must hold at least one rendition"));
+        }
+        let variants = overload
+            .into_iter()
+            .map(|(json, html)| {
+                Ok(Variant {
+                    json: rendition(py, json)?,
+                    html: rendition(py, html)?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Self {
+            gate: gate.map(|g| g.gate.clone()),
+            maintenance: maintenance.map(|m| m.core.clone()),
+            routes,
+            on_maintenance,
+            variants,
+            seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        })
+    }
+
+    /// The decision. `args` is what `on_maintenance` is called with (the environ, in a tuple
+    /// the caller already has); `exempt` holds `EXEMPT_*` flags for the request's view.
+    pub fn decide<'py>(
+        &'py self,
+        py: Python<'py>,
+        environ: &Bound<'py, PyAny>,
+        environ_dict: Option<&Bound<'py, PyDict>>,
+        exempt: u8,
+    ) -> PyResult<Verdict<'py>> {
+        // Only a str can name a route (and an unhashable value must not raise here).
+        if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))?
+            .filter(|path| path.is_instance_of::<PyString>())
+        {
+            if let Some(route) = self.routes.bind(py).get_item(&path)? {
+                if route.is_none() {
+                    return Ok(Verdict::Admit(None));
+                }
+                let answer = route.call1((path,))?;
+                return Ok(if answer.is_none() {
+                    Verdict::Admit(None)
+                } else {
+                    Verdict::Answer(answer)
+                });
+            }
+        }
+        if exempt & EXEMPT_MAINTENANCE == 0 && self.maintenance.as_ref().is_some_and(|m| m.active())
+        {
+            let answer = self.on_maintenance.bind(py).call1((environ,))?;
+            if !answer.is_none() {
+                return Ok(Verdict::Answer(answer));
+            }
+        }
+        let Some(gate) = self.gate.as_ref().filter(|_| exempt & EXEMPT_GATE == 0) else {
+            return Ok(Verdict::Admit(None));
+        };
+        if gate.try_acquire() {
+            return Ok(Verdict::Admit(Some(gate.clone())));
+        }
+        let variant = &self.variants[self.pick(self.variants.len())];
+        let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
+            Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
+            None => false,
+        };
+        Ok(Verdict::Shed { variant, html })
+    }
+
+    /// A cheap, well-spread index for Retry-After jitter (splitmix64 over a shared counter):
+    /// the one jitter picker.
+    fn pick(&self, n: usize) -> usize {
+        if n <= 1 {
+            return 0;
+        }
+        let mut x = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        (x % n as u64) as usize
+    }
+}
+
+fn rendition(py: Python<'_>, rendered: Py<PyAny>) -> PyResult<Rendition> {
+    let bound = rendered.bind(py);
+    let headers: Vec<(String, String)> = bound.getattr(intern!(py, "headers"))?.extract()?;
+    let headers = headers
+        .into_iter()
+        .map(|(name, value)| Ok(PyTuple::new(py, [name, value])?.unbind()))
+        .collect::<PyResult<Vec<_>>>()?;
+    let body = PyTuple::new(py, [bound.getattr(intern!(py, "body"))?])?.unbind();
+    Ok(Rendition {
+        status: bound.getattr(intern!(py, "status"))?.unbind(),
+        rendered,
+        headers,
+        body,
+    })
+}
+
+/// `environ[key]` or `None`, without building a `KeyError` when it is missing.
+pub fn lookup<'py>(
+    environ: &Bound<'py, PyAny>,
+    dict: Option<&Bound<'py, PyDict>>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match dict {
+        Some(dict) => dict.get_item(key),
+        None => {
+            let value = environ.call_method1(intern!(environ.py(), "get"), (key,))?;
+            Ok((!value.is_none()).then_some(value))
+        }
+    }
+}
+
+/// The decision for frameworks that build their own response objects (the Flask hooks, the
+/// Django middleware). Python's adapters subclass it and configure it once.
+///
+/// `decide(environ, exempt)` returns `None` to let the request through, or the `Rendered` to
+/// answer with. An admitted request's permit is kept in the environ (Flask's and Django's
+/// request objects each have their own), and `release(environ)` gives it back, exactly once;
+/// `hand_over(environ)` takes it out for a streamed body to release when it is closed.
+#[pyclass(module = "tidegate._tidegate", frozen, subclass)]
+pub struct DecisionCore {
+    decider: std::sync::OnceLock<Decider>,
+}
+
+/// Where an admitted request's permit waits in its environ.
+const PERMIT_KEY: &str = "tidegate.permit";
+
+#[pymethods]
+impl DecisionCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            decider: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets everything the decision needs; callable once.
+    #[pyo3(signature = (*, gate, maintenance, routes, on_maintenance, overload))]
+    fn _configure(
+        &self,
+        py: Python<'_>,
+        gate: Option<PyRef<'_, GatePy>>,
+        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
+        routes: Py<PyDict>,
+        on_maintenance: Py<PyAny>,
+        overload: OverloadRenditions,
+    ) -> PyResult<()> {
+        let decider = Decider::new(py, gate, maintenance, routes, on_maintenance, overload)?;
+        self.decider
+            .set(decider)
+            .map_err(|_| config_error("the decision is already configured"))
+    }
+
+    /// `None` to go on (an admitted request's permit is now in `environ`), or the `Rendered`
+    /// to answer with.
+    #[pyo3(signature = (environ, exempt=0))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyDict>,
+        exempt: u8,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let decider = self.configured()?;
+        Ok(
+            match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
+                Verdict::Admit(None) => None,
+                Verdict::Admit(Some(gate)) => {
+                    let permit = Bound::new(py, PermitPy::new(gate))?;
+                    environ.set_item(intern!(py, PERMIT_KEY), permit)?;
+                    None
+                }
+                Verdict::Answer(rendered) => Some(rendered.unbind()),
+                Verdict::Shed { variant, html } => {
+                    let rendition = if html { &variant.html } else { &variant.json };
+                    Some(rendition.rendered.clone_ref(py))
+                }
+            },
+        )
+    }
+
+    /// Gives back the permit `decide` left in `environ`, if it is still there.
+    fn release(&self, py: Python<'_>, environ: &Bound<'_, PyDict>) -> PyResult<()> {
+        if let Some(permit) = take_permit(py, environ)? {
+            permit.get().release_once();
+        }
+        Ok(())
+    }
+
+    /// Takes the permit out of `environ` for a streamed body: the body's close gives it back
+    /// (call `release()` on what this returns); `None` when the request holds none.
+    fn hand_over<'py>(
+        &self,
+        py: Python<'py>,
+        environ: &Bound<'py, PyDict>,
+    ) -> PyResult<Option<Bound<'py, PermitPy>>> {
+        take_permit(py, environ)
+    }
+}
+
+impl DecisionCore {
+    fn configured(&self) -> PyResult<&Decider> {
+        self.decider
+            .get()
+            .ok_or_else(|| config_error("the decision was not configured"))
+    }
+}
+
+fn take_permit<'py>(
+    py: Python<'py>,
+    environ: &Bound<'py, PyDict>,
+) -> PyResult<Option<Bound<'py, PermitPy>>> {
+    let key = intern!(py, PERMIT_KEY);
+    let Some(found) = environ.get_item(key)? else {
+        return Ok(None);
+    };
+    environ.del_item(key)?;
+    // Only a permit of ours is released; anything else someone put there is left alone.
+    Ok(found.cast_into::<PermitPy>().ok())
+}
+
+/// A fresh header list for `start_response` (servers may add to it).
+pub fn header_list<'py>(py: Python<'py>, headers: &[Py<PyTuple>]) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, headers.iter().map(|h| h.bind(py)))
+}
