@@ -214,6 +214,22 @@ pub fn lookup<'py>(
 #[pyclass(module = "tidegate._tidegate", frozen, subclass)]
 pub struct DecisionCore {
     decider: std::sync::OnceLock<Decider>,
+    hooks: std::sync::OnceLock<Hooks>,
+}
+
+/// What `before()` needs to act as a framework's before-request hook: how to find the current
+/// request's environ, which views are exempt, and how to answer.
+struct Hooks {
+    /// Called without arguments; `attrs` are then read off its result in turn to reach the
+    /// environ (for Flask: the request context variable's `get`, then `request.environ`).
+    context: Py<PyAny>,
+    attrs: Vec<Py<PyString>>,
+    /// view -> `EXEMPT_*` flags; while it is empty `exempt_of` is never called.
+    exempt_views: Py<PyDict>,
+    /// `() -> int`: the flags of the current request's view.
+    exempt_of: Py<PyAny>,
+    /// `(Rendered) -> response`: the framework's response for an answer of ours.
+    on_answer: Py<PyAny>,
 }
 
 /// Where an admitted request's permit waits in its environ.
@@ -226,6 +242,7 @@ impl DecisionCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
             decider: std::sync::OnceLock::new(),
+            hooks: std::sync::OnceLock::new(),
         }
     }
 
@@ -273,6 +290,44 @@ impl DecisionCore {
         )
     }
 
+    /// Makes `before()` usable as a framework's before-request hook.
+    #[pyo3(signature = (*, context, attrs, exempt_views, exempt_of, on_answer))]
+    fn _bind_hooks(
+        &self,
+        context: Py<PyAny>,
+        attrs: Vec<Py<PyString>>,
+        exempt_views: Py<PyDict>,
+        exempt_of: Py<PyAny>,
+        on_answer: Py<PyAny>,
+    ) -> PyResult<()> {
+        let hooks = Hooks {
+            context,
+            attrs,
+            exempt_views,
+            exempt_of,
+            on_answer,
+        };
+        self.hooks
+            .set(hooks)
+            .map_err(|_| config_error("the hooks are already bound"))
+    }
+
+    /// The before-request hook: `None` to go on, or the framework's response for an answer
+    /// of ours.
+    fn before(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let hooks = self.bound_hooks()?;
+        let environ = hooks.environ(py)?;
+        let exempt = if hooks.exempt_views.bind(py).is_empty() {
+            0
+        } else {
+            hooks.exempt_of.bind(py).call0()?.extract::<u8>()?
+        };
+        match self.decide(py, &environ, exempt)? {
+            None => Ok(None),
+            Some(rendered) => Ok(Some(hooks.on_answer.bind(py).call1((rendered,))?.unbind())),
+        }
+    }
+
     /// Gives back the permit `decide` left in `environ`, if it is still there.
     fn release(&self, py: Python<'_>, environ: &Bound<'_, PyDict>) -> PyResult<()> {
         if let Some(permit) = take_permit(py, environ)? {
@@ -292,7 +347,23 @@ impl DecisionCore {
     }
 }
 
+impl Hooks {
+    fn environ<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut found = self.context.bind(py).call0()?;
+        for attr in &self.attrs {
+            found = found.getattr(attr.bind(py))?;
+        }
+        Ok(found.cast_into::<PyDict>()?)
+    }
+}
+
 impl DecisionCore {
+    fn bound_hooks(&self) -> PyResult<&Hooks> {
+        self.hooks
+            .get()
+            .ok_or_else(|| config_error("the hooks were not bound"))
+    }
+
     fn configured(&self) -> PyResult<&Decider> {
         self.decider
             .get()
@@ -300,7 +371,8 @@ impl DecisionCore {
     }
 }
 
-fn take_permit<'py>(
+/// Takes the permit `decide` left in `environ` out of it, if it is still there.
+pub fn take_permit<'py>(
     py: Python<'py>,
     environ: &Bound<'py, PyDict>,
 ) -> PyResult<Option<Bound<'py, PermitPy>>> {

@@ -331,7 +331,8 @@ impl GatePy {
 
 /// One admitted unit of work. Released exactly once: by `release()`, by leaving a `with`
 /// block, or, as a safety net, when it is garbage-collected.
-#[pyclass(name = "Permit", module = "tidegate._tidegate", frozen)]
+// A freelist: the Flask and Django adapters make one per admitted request.
+#[pyclass(name = "Permit", module = "tidegate._tidegate", frozen, freelist = 256)]
 pub struct PermitPy {
     gate: Arc<Gate>,
     released: AtomicBool,
@@ -343,6 +344,12 @@ impl PermitPy {
             gate,
             released: AtomicBool::new(false),
         }
+    }
+
+    /// Hands the slot over to the caller (who must release it on `gate` once), unless the
+    /// permit was already released; the permit then counts as released.
+    pub fn take_slot(&self) -> Option<Arc<Gate>> {
+        (!self.released.swap(true, Ordering::AcqRel)).then(|| self.gate.clone())
     }
 
     /// Gives the slot back unless that already happened; true when this call released it.

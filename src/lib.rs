@@ -33,7 +33,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
     #[pymodule_export]
-    use crate::wsgi::{ClosingBody, MiddlewareCore};
+    use crate::wsgi::{ClosingBody, MiddlewareCore, ReleasingApp};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -14,7 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::decide::{header_list, lookup, Decider, OverloadRenditions, Verdict};
+use crate::decide::{header_list, lookup, take_permit, Decider, OverloadRenditions, Verdict};
 use crate::errors::config_error;
 use crate::gate::{Gate, GatePy};
 use crate::maintenance::MaintenanceSwitchPy;
@@ -181,6 +181,56 @@ pub fn is_head(
     match lookup(environ, environ_dict, intern!(py, "REQUEST_METHOD"))? {
         Some(method) => method.eq(intern!(py, "HEAD")),
         None => Ok(false),
+    }
+}
+
+/// Wraps a framework's own WSGI callable (Flask's `app.wsgi_app`) so that the permit its
+/// before-request hook left in the environ ([`crate::decide::DecisionCore`]) is given back when
+/// the server closes the body, streamed or not, or at once if the app raises. A request that
+/// holds no permit (turned away, exempt) passes through untouched.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct ReleasingApp {
+    app: Py<PyAny>,
+}
+
+#[pymethods]
+impl ReleasingApp {
+    #[new]
+    fn new(app: Py<PyAny>) -> Self {
+        Self { app }
+    }
+
+    /// The wrapped callable.
+    #[getter]
+    fn app(&self, py: Python<'_>) -> Py<PyAny> {
+        self.app.clone_ref(py)
+    }
+
+    #[pyo3(signature = (*args))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        let outcome = self.app.bind(py).call(args, None);
+        let environ = args.get_borrowed_item(0)?;
+        let Ok(environ) = environ.cast::<PyDict>() else {
+            return outcome.map(Bound::unbind);
+        };
+        let slot = take_permit(py, &environ)?.and_then(|permit| permit.get().take_slot());
+        match (outcome, slot) {
+            (Ok(body), Some(gate)) => {
+                let closing = ClosingBody {
+                    inner: body.unbind(),
+                    gate,
+                    released: AtomicBool::new(false),
+                };
+                Ok(Bound::new(py, closing)?.into_any().unbind())
+            }
+            (Ok(body), None) => Ok(body.unbind()),
+            (Err(err), slot) => {
+                if let Some(gate) = slot {
+                    gate.release();
+                }
+                Err(err)
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Callable, Literal, TypeVar
@@ -35,6 +35,7 @@ __all__ = [
     "MaintenanceSwitch",
     "MiddlewareCore",
     "Permit",
+    "ReleasingApp",
     "RetryAfter",
     "__version__",
     "drain_process",
@@ -213,6 +214,17 @@ class DecisionCore:
     def decide(self, environ: dict[str, Any], exempt: int = 0) -> Any:
         """``None`` to let the request through (an admitted request's permit is kept in
         ``environ``), or the ``Rendered`` to answer with."""
+    def _bind_hooks(
+        self,
+        *,
+        context: Any,
+        attrs: Sequence[str],
+        exempt_views: dict[Any, int],
+        exempt_of: Any,
+        on_answer: Any,
+    ) -> None: ...
+    def before(self) -> Any:
+        """A before-request hook: ``None`` to go on, or ``on_answer``'s response."""
     def release(self, environ: dict[str, Any]) -> None:
         """Gives back the permit ``decide`` kept in ``environ``, if it is still there."""
     def hand_over(self, environ: dict[str, Any]) -> Permit | None:
@@ -235,6 +247,17 @@ class MiddlewareCore:
         on_dependency: Any,
         dependency_error: object,
     ) -> None: ...
+    def __call__(self, *args: Any) -> Iterable[bytes]: ...
+
+@final
+class ReleasingApp:
+    """Wraps a framework's WSGI callable so that the permit a before-request hook left in the
+    environ goes back when the server closes the body, or at once if the app raises."""
+
+    def __new__(cls, app: Any) -> ReleasingApp: ...
+    @property
+    def app(self) -> Any:
+        """The wrapped callable."""
     def __call__(self, *args: Any) -> Iterable[bytes]: ...
 
 @final

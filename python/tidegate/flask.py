@@ -1,13 +1,14 @@
-"""Flask extension: tidegate's 503 handling as ``before_request`` / ``teardown_request`` hooks
-over the one decision every adapter shares.
+"""Flask extension: tidegate's 503 handling as a ``before_request`` hook over the one decision
+every adapter shares.
 
-``before_request`` asks the decision core and answers with its 503 (or health answer) when it
-says so; ``teardown_request`` gives back the permit the core left in ``request.environ``. Each
-request owns its permit: only a request the core admitted gives one back, and exactly once. A
-request that another hook answered first, or that tidegate itself turned away, releases
-nothing, so the limit holds under overload. A streamed response keeps its permit until the
-server closes the body, not merely until the view returns (``after_request`` hands it to the
-body's close).
+The hook asks the decision core and answers with its 503 (or health answer) when it says so.
+The permit of an admitted request waits in ``request.environ`` and goes back when the server
+closes the response body (``app.wsgi_app`` is wrapped for that), streamed or not, or at once
+if the app raises. Each request owns its permit: only a request the core admitted gives one
+back, and exactly once. A request that another hook answered first, or that tidegate itself
+turned away, releases nothing, so the limit holds under overload. A request context that
+never produces a body (``app.test_request_context()``) gives its permit back when its environ
+is dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from tidegate._options import FLASK_CONFIG_KEYS, Options, signature_with_options, unknown_option
 from tidegate._policy import Policy
-from tidegate._tidegate import EXEMPT_GATE, EXEMPT_MAINTENANCE, CircuitOpenError, DecisionCore
+from tidegate._tidegate import (
+    EXEMPT_GATE,
+    EXEMPT_MAINTENANCE,
+    CircuitOpenError,
+    DecisionCore,
+    ReleasingApp,
+)
 from tidegate.responses import Rendered
 
 if TYPE_CHECKING:
@@ -36,8 +43,6 @@ __all__ = ["CONFIG_PREFIX", "FLASK_CONFIG_KEYS", "TideGate", "TideGateState", "T
 CONFIG_PREFIX = "TIDEGATE_"
 
 _EXTENSION_KEY = "tidegate"
-#: Where a refusal waits for ``after_request`` when the app renders 503s itself.
-_REFUSED_KEY = "tidegate.refused"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,13 +123,26 @@ class TideGate:
         core = DecisionCore()
         core._configure(**policy.core_config())
         state = TideGateState(self, policy, core, self._exempt)
-        app.extensions[_EXTENSION_KEY] = state
-        # First in line, so excess requests are shed before any other hook does work.
-        app.before_request_funcs.setdefault(None, []).insert(
-            0, functools.partial(_before_request, state)
+        getter, attrs = _CURRENT_ENVIRON
+        core._bind_hooks(
+            context=getter,
+            attrs=attrs,
+            exempt_views=self._exempt,
+            exempt_of=functools.partial(_exempt_of, state),
+            on_answer=functools.partial(_answer, state),
         )
-        app.after_request(functools.partial(_after_request, state))
-        app.teardown_request(functools.partial(_teardown_request, core.release))
+        app.extensions[_EXTENSION_KEY] = state
+        # First in line, so excess requests are shed before any other hook does work. A plain
+        # function, because Flask looks far longer at any other callable before calling it.
+        decide = core.before
+
+        def tidegate_before_request() -> Response | None:
+            return decide()  # type: ignore[no-any-return]
+
+        app.before_request_funcs.setdefault(None, []).insert(0, tidegate_before_request)
+        # The permit goes back when the server closes the body (streamed or not), or at once
+        # if the app raises: what a teardown hook would do, but after the body is sent.
+        app.wsgi_app = ReleasingApp(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if CircuitOpenError not in app.error_handler_spec.get(None, {}).get(None, {}):
             app.register_error_handler(
                 CircuitOpenError, functools.partial(_on_dependency_error, state)
@@ -154,36 +172,27 @@ class TideGate:
         return mark(view) if view is not None else mark
 
 
-# -- hooks -------------------------------------------------------------------------------------
-# Registered per app with that app's state bound in, so a request never looks it up through
-# ``current_app``. They only translate: the decision is the core's.
+# -- what the core's hooks call back -----------------------------------------------------------
 
 
-def _before_request(state: TideGateState) -> Response | None:
-    environ = request.environ
-    exempt = 0
-    if state.exempt_views:
-        view = current_app.view_functions.get(request.endpoint or "")
-        exempt = state.exempt_views.get(view, 0) if view is not None else 0
-    rendered = state.core.decide(environ, exempt)
-    return None if rendered is None else _answer(state, rendered)
+def _current_environ() -> tuple[Callable[[], Any], tuple[str, ...]]:
+    """How the core finds the current request's environ: Flask's request context variable
+    when this Flask has one (2.2 and later), else the public ``request`` proxy."""
+    try:
+        from flask.globals import _cv_request
+    except ImportError:  # pragma: no cover - a Flask without the context variable
+        return (lambda: request), ("environ",)
+    return _cv_request.get, ("request", "environ")
 
 
-def _after_request(state: TideGateState, response: Response) -> Response:
-    environ = request.environ
-    if response.is_streamed:
-        permit = state.core.hand_over(environ)
-        if permit is not None:
-            response.call_on_close(permit.release)
-    refused: Rendered | None = environ.get(_REFUSED_KEY)
-    if refused is not None and response.status_code == 503:
-        response.headers.setdefault("Retry-After", str(refused.retry_after))
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+_CURRENT_ENVIRON = _current_environ()
 
 
-def _teardown_request(release: Callable[[Any], None], exc: BaseException | None = None) -> None:
-    release(request.environ)
+def _exempt_of(state: TideGateState) -> int:
+    """The ``EXEMPT_*`` flags of the current request's view (asked only when some view is
+    exempt)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return state.exempt_views.get(view, 0) if view is not None else 0
 
 
 def _on_dependency_error(state: TideGateState, error: Exception) -> Any:
@@ -192,17 +201,20 @@ def _on_dependency_error(state: TideGateState, error: Exception) -> Any:
 
 def _answer(state: TideGateState, rendered: Rendered) -> Response:
     """The response for ``rendered``: itself, or, for a 503 of ours when the app has its own
-    503 handler, what that handler makes of a :class:`TideGateUnavailable` (Retry-After is
-    restored in ``after_request``)."""
+    503 handler, what that handler makes of a :class:`TideGateUnavailable`, with Retry-After
+    and ``Cache-Control: no-store`` put back if the handler left them out."""
     if rendered.reason is None:  # a health answer: never the app's to restyle
         return _to_response(rendered)
     if state.own_503_handler is None:
         state.own_503_handler = _has_own_503_handler(current_app._get_current_object())  # type: ignore[attr-defined]
     if not state.own_503_handler:
         return _to_response(rendered)
-    request.environ[_REFUSED_KEY] = rendered
     handled = current_app.handle_http_exception(TideGateUnavailable(rendered))
-    return current_app.make_response(handled)
+    response = current_app.make_response(handled)
+    if response.status_code == 503:
+        response.headers.setdefault("Retry-After", str(rendered.retry_after))
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def _has_own_503_handler(app: Flask) -> bool:
