@@ -278,3 +278,52 @@ class UnprintableError(Exception):
 
     def __str__(self) -> str:
         raise RuntimeError("no str")
+
+
+# -- what an operator may write into a 503 ------------------------------------------------------
+
+#: Text that would run script if it reached a page unescaped.
+HOSTILE = "<script>alert(\"x\")</script> & 'quoted' <img src=x onerror=alert(1)>"
+
+
+def assert_inert(page: str) -> None:
+    """``page`` shows :data:`HOSTILE` as text: none of its markup reached the page."""
+    for raw in ("<script", "<img", "onerror=alert(1)>", '"x"'):
+        assert raw not in page, f"{raw!r} reached the page unescaped"
+    assert "&lt;script&gt;" in page
+
+
+#: Links that are not a web page on a named host nor a path on this site. The first ones
+#: run script; ``//host``, and what browsers turn into it (``\\`` read as ``/``, tabs and
+#: newlines dropped), send the reader to another host.
+BAD_STATUS_URLS = [
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:x",
+    "status.example",
+    "//evil.example",
+    "//evil.example/status",
+    "/\\evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "\\\\evil.example",
+    "https:\\\\evil.example",
+    "https:evil.example",
+    "http:///evil.example",
+    "https://",
+    "https://status.example:port/",
+    "ftp://status.example",
+    "/status\x00",
+]
+
+GOOD_STATUS_URLS = [
+    "https://status.example",
+    "HTTP://status.example",
+    "HTTPS://Status.Example/now?x=1#top",
+    "https://[2001:db8::1]:8443/status",
+    "/status",
+    "/",
+    "/status//history",
+]
