@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from harness import Gunicorn, Load, closed_loop, fmt, gunicorn_servers, versions
+from harness import Load, closed_loop, fmt, gunicorn, serving, versions
 
 from tidegate import CapacityGate
 from tidegate.responses import ErrorPages
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (0.5 if args.quick else 3.0)
     warmup = args.warmup or (0.2 if args.quick else 0.5)
 
-    servers = {name: Gunicorn(f"gunicorn_cost:{name}", threads=args.threads) for name in EXPECTED}
+    servers = {name: gunicorn(f"gunicorn_cost:{name}", threads=args.threads) for name in EXPECTED}
     loads: dict[str, list[Load]] = {name: [] for name in EXPECTED}
-    with gunicorn_servers(list(servers.values())):
+    with serving(list(servers.values())):
         for _ in range(rounds):
             for name, server in servers.items():
                 load = closed_loop(

@@ -1,5 +1,6 @@
-"""What the Gunicorn benchmarks share: Gunicorn on a loopback port, and a closed-loop load
-generator that can prove it is not the bottleneck.
+"""What the Gunicorn benchmarks share: Gunicorn on a loopback port (started by the tests'
+launcher, ``tests/servers.py``), and a closed-loop load generator that can prove it is not the
+bottleneck.
 
 The load generator runs in its own processes (``processes``), each driving its share of the
 keep-alive connections from one ``selectors`` loop over raw sockets. Closed loop: every
@@ -12,175 +13,57 @@ worker's CPU time is read from ``/proc``, so every run can say which side was sa
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import math
 import multiprocessing
 import os
 import platform
 import selectors
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from array import array
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
+# One launcher for real servers, shared with the tests.
+sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-# Several servers run side by side: none may claim Gunicorn's shared control socket (a setting
-# older Gunicorns do not know, and ignore when it comes from a config file).
-_CONFIG = "control_socket_disable = True\n"
+from servers import HOST, GunicornServer, serving  # noqa: E402
 
+__all__ = ["HOST", "Load", "closed_loop", "fmt", "gunicorn", "serving", "versions"]
 
 # -- Gunicorn on a loopback port -------------------------------------------------------------
 
 
-class Gunicorn:
-    """``python -m gunicorn`` serving ``app`` (``module:callable`` from this directory) with
-    one worker of the given class, bound to a loopback socket chosen and bound here."""
-
-    def __init__(
-        self,
-        app: str,
-        *,
-        worker_class: str = "gthread",
-        threads: int = 64,
-        workers: int = 1,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.app = app
-        self.worker_class = worker_class
-        self.threads = threads
-        self.workers = workers
-        self.env = env or {}
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="tidegate-bench-")
-        self._log = Path(self._dir.name) / "gunicorn.log"
-
-    def start(self) -> None:
-        config = Path(self._dir.name) / "gunicorn_conf.py"
-        config.write_text(_CONFIG)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.bind((HOST, 0))
-            listener.listen(1024)
-            self.port = listener.getsockname()[1]
-            listener.set_inheritable(True)
-            command = [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                f"--bind=fd://{listener.fileno()}",
-                f"--config={config}",
-                f"--chdir={BENCH_DIR}",
-                f"--worker-class={self.worker_class}",
-                f"--workers={self.workers}",
-                f"--threads={self.threads}",
-                "--log-level=warning",
-                self.app,
-            ]
-            env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-            env.update(self.env)
-            with open(self._log, "wb") as log:
-                self._proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    pass_fds=[listener.fileno()],
-                    start_new_session=True,
-                )
-        finally:
-            listener.close()
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Returns once the worker answers HTTP at all (any status will do)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                raise RuntimeError(f"gunicorn {self.app} exited:\n{self.output()}")
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=2.0)
-            try:
-                conn.request("GET", "/health/live")
-                conn.getresponse().read()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn {self.app} not ready:\n{self.output()}") from None
-                time.sleep(0.05)
-            finally:
-                conn.close()
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5.0)
-        self._dir.cleanup()
-
-    def output(self) -> str:
-        try:
-            return self._log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def worker_cpu(self) -> float | None:
-        """CPU seconds used so far by this server's worker processes (Linux ``/proc``)."""
-        if self._proc is None:
-            return None
-        return _children_cpu(self._proc.pid)
-
-
-@contextlib.contextmanager
-def gunicorn_servers(servers: Sequence[Gunicorn]) -> Iterator[None]:
-    """Starts every server at once (they boot in parallel), waits for all, stops all."""
-    try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_ready()
-        yield
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def _children_cpu(parent: int) -> float | None:
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # After the command name: state, ppid, ... utime is field 14, stime 15 (1-based).
-        if int(fields[1]) == parent:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+def gunicorn(
+    app: str,
+    *,
+    threads: int = 64,
+    worker_class: str = "gthread",
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> GunicornServer:
+    """Gunicorn serving ``app`` (``module:callable`` from this directory), launched by the
+    tests' launcher: a loopback socket chosen and bound before it starts, ready once every
+    worker has loaded the app, stopped with its whole process group. Start several with
+    :func:`serving`; :meth:`~servers.ServerProcess.worker_cpu` gives the workers' CPU time."""
+    return GunicornServer(
+        app,
+        worker_class=worker_class,
+        workers=workers,
+        threads=threads,
+        env=env,
+        chdir=BENCH_DIR,
+        # A closed-loop run opens all its connections at once.
+        backlog=1024,
+        # Several servers boot side by side on a machine the load generator shares.
+        startup_timeout=60.0,
+        args=["--log-level=warning"],
+    )
 
 
 # -- closed-loop load --------------------------------------------------------------------------
@@ -233,7 +116,7 @@ class Load:
 
 
 def closed_loop(
-    server: Gunicorn,
+    server: GunicornServer,
     path: str,
     *,
     connections: int,

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
-from harness import Gunicorn, Load, closed_loop, fmt, gunicorn_servers, versions
+from harness import Load, closed_loop, fmt, gunicorn, serving, versions
 
 from tidegate.wsgi import TideGateMiddleware
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup or (0.4 if args.quick else 2.0)
 
     servers = {
-        name: Gunicorn(f"overload:{name}", threads=args.threads) for name in ("ungated", "gated")
+        name: gunicorn(f"overload:{name}", threads=args.threads) for name in ("ungated", "gated")
     }
 
     def run(name: str, path: str, honour: bool = False, seconds: float = duration) -> Load:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return load
 
     loads: dict[str, list[Load]] = {case: [] for case in CASES}
-    with gunicorn_servers(list(servers.values())):
+    with serving(list(servers.values())):
         ceiling = run("ungated", "/ping", seconds=min(duration, 3.0))
         for _ in range(rounds):
             loads[CASES[0]].append(run("ungated", "/work"))

@@ -1,19 +1,23 @@
 """Shared fixtures: WSGI apps that record what the middleware does to them, a tiny
-in-process WSGI server loop that iterates and closes bodies the way real servers do, and real
-Gunicorn servers (see ``servers.py``)."""
+in-process WSGI server loop that iterates and closes bodies the way real servers do, real
+Gunicorn servers (see ``servers.py``), and :func:`hammer`, which runs one callable from many
+threads at once for the concurrency tests."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from hypothesis import settings
 from servers import GunicornServer
+
+T = TypeVar("T")
 
 # `--hypothesis-profile=long` for a long property run; CI uses Hypothesis's default.
 settings.register_profile("long", max_examples=20_000)
@@ -157,6 +161,98 @@ def start_gunicorn() -> Iterator[Callable[..., GunicornServer]]:
         yield start
 
 
+# -- many threads at once -----------------------------------------------------------------------
+
+
+@dataclass
+class Hammered(Generic[T]):
+    """What :func:`hammer` saw: every call's result (in no particular order) and how many calls
+    each thread made."""
+
+    results: list[T]
+    calls: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls)
+
+
+def hammer(
+    work: Callable[[int, int], T],
+    *,
+    threads: int,
+    times: int | None = None,
+    seconds: float | None = None,
+    during: Callable[[], object] | None = None,
+    join_timeout: float = 60.0,
+) -> Hammered[T]:
+    """Calls ``work(thread, turn)`` from ``threads`` threads released together and returns what
+    they saw. Each thread makes ``times`` calls; without ``times``, it calls until ``during``
+    has returned. ``seconds`` caps either (at least one of ``times`` and ``seconds`` is
+    required).
+
+    ``during`` runs in the calling thread once the threads are released. The first exception
+    in any thread (or in ``during``) stops them all; once every thread is joined (within
+    ``join_timeout`` seconds, or the test fails) their exceptions fail the test, the first one
+    chained, so nothing a thread raised goes unseen.
+    """
+    if times is None and seconds is None:
+        raise ValueError("times or seconds: every load loop is bounded")
+    start = threading.Barrier(threads + 1)
+    stop = threading.Event()
+    lock = threading.Lock()
+    results: list[T] = []
+    errors: list[BaseException] = []
+    calls = [0] * threads
+
+    def run(thread: int) -> None:
+        mine: list[T] = []
+        try:
+            start.wait(timeout=10)
+            deadline = None if seconds is None else time.monotonic() + seconds
+            turn = 0
+            while not stop.is_set() and (times is None or turn < times):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                mine.append(work(thread, turn))
+                turn += 1
+                calls[thread] = turn
+        except BaseException as exc:
+            stop.set()
+            with lock:
+                errors.append(exc)
+        finally:
+            with lock:
+                results.extend(mine)
+
+    workers = [
+        threading.Thread(target=run, args=(n,), name=f"hammer-{n}", daemon=True)
+        for n in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        start.wait(timeout=10)
+        if during is not None:
+            during()
+        if times is None:
+            stop.set()
+    except BaseException:
+        start.abort()
+        stop.set()
+        raise
+    finally:
+        deadline = time.monotonic() + join_timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(worker.is_alive() for worker in workers)
+    assert stuck == 0, f"{stuck} of {threads} threads still running after {join_timeout}s"
+    if errors:
+        shown = "; ".join(repr(error) for error in errors[:3])
+        raise AssertionError(f"{len(errors)} of {threads} threads raised: {shown}") from errors[0]
+    return Hammered(results, calls)
+
+
 # -- values that break naive rendering ---------------------------------------------------------
 
 
@@ -182,3 +278,52 @@ class UnprintableError(Exception):
 
     def __str__(self) -> str:
         raise RuntimeError("no str")
+
+
+# -- what an operator may write into a 503 ------------------------------------------------------
+
+#: Text that would run script if it reached a page unescaped.
+HOSTILE = "<script>alert(\"x\")</script> & 'quoted' <img src=x onerror=alert(1)>"
+
+
+def assert_inert(page: str) -> None:
+    """``page`` shows :data:`HOSTILE` as text: none of its markup reached the page."""
+    for raw in ("<script", "<img", "onerror=alert(1)>", '"x"'):
+        assert raw not in page, f"{raw!r} reached the page unescaped"
+    assert "&lt;script&gt;" in page
+
+
+#: Links that are not a web page on a named host nor a path on this site. The first ones
+#: run script; ``//host``, and what browsers turn into it (``\\`` read as ``/``, tabs and
+#: newlines dropped), send the reader to another host.
+BAD_STATUS_URLS = [
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:x",
+    "status.example",
+    "//evil.example",
+    "//evil.example/status",
+    "/\\evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "\\\\evil.example",
+    "https:\\\\evil.example",
+    "https:evil.example",
+    "http:///evil.example",
+    "https://",
+    "https://status.example:port/",
+    "ftp://status.example",
+    "/status\x00",
+]
+
+GOOD_STATUS_URLS = [
+    "https://status.example",
+    "HTTP://status.example",
+    "HTTPS://Status.Example/now?x=1#top",
+    "https://[2001:db8::1]:8443/status",
+    "/status",
+    "/",
+    "/status//history",
+]

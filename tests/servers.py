@@ -1,6 +1,7 @@
-"""Real WSGI servers for tests: Gunicorn, waitress and uWSGI on a loopback port, ready before
-the test talks to them and always stopped afterwards, their workers included, whatever the
-test did.
+"""Real WSGI servers for the tests and the benchmarks: Gunicorn, waitress and uWSGI on a
+loopback port, ready before anyone talks to them and always stopped afterwards, their workers
+included, whatever the caller did. This is the one launcher: the benchmarks import it too
+(their ``harness`` puts this directory on ``sys.path``).
 
     with GunicornServer("gunicorn_apps:application", threads=16, env={...}) as server:
         reply = server.fetch("/work")
@@ -17,6 +18,9 @@ Gunicorn runs with a generated config that chains the caller's (``config=``) and
 hooks: each worker leaves a file named by its pid once the app is loaded and removes it when it
 exits. Start-up waits for one file per worker; :meth:`GunicornServer.worker_pids` reads them.
 waitress and uWSGI are ready once they answer a request for ``ready_path``.
+
+:func:`serving` boots several servers side by side; :meth:`ServerProcess.worker_cpu` reads the
+CPU time of a server's workers from ``/proc``, so a benchmark can tell which side was busy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -132,6 +136,28 @@ def _exited(pid: int) -> bool:
         return True
 
 
+def _children_cpu(parent: int) -> float | None:
+    """CPU seconds used so far by the children of ``parent``, or None without ``/proc``."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, ... utime is field 14, stime 15 (1-based).
+        if int(fields[1]) == parent:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -147,8 +173,9 @@ class ServerProcess:
     context manager. Subclasses say how to start it (:meth:`_command`) and when it is ready.
 
     ``args`` are extra command-line arguments, ``env`` extra environment variables, ``chdir``
-    the directory the app is imported from (default: the tests directory). :meth:`stop` sends
-    SIGTERM and, past ``stop_timeout`` seconds, SIGKILL to the whole process group.
+    the directory the app is imported from (default: the tests directory), ``backlog`` the
+    listening socket's queue (raise it for a burst of connections). :meth:`stop` sends SIGTERM
+    and, past ``stop_timeout`` seconds, SIGKILL to the whole process group.
     """
 
     #: The server's name in messages.
@@ -163,6 +190,7 @@ class ServerProcess:
         chdir: str | os.PathLike[str] = TESTS_DIR,
         stop_timeout: float = 5.0,
         startup_timeout: float = 10.0,
+        backlog: int = 128,
     ) -> None:
         self.app = app
         self.args = list(args)
@@ -170,6 +198,7 @@ class ServerProcess:
         self.chdir = Path(chdir).resolve()
         self.stop_timeout = stop_timeout
         self.startup_timeout = startup_timeout
+        self.backlog = backlog
         self.port = 0
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -222,6 +251,12 @@ class ServerProcess:
 
     def start(self) -> None:
         """Starts the server and returns once it is ready."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Starts the server without waiting for it: :meth:`wait_ready` does (see
+        :func:`serving`, which boots several side by side)."""
         if self._proc is not None:
             raise ServerError(f"{self.name} is already running")
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-test-"))
@@ -229,7 +264,7 @@ class ServerProcess:
         try:
             self._prepare(self._workdir)
             listener.bind((HOST, 0))
-            listener.listen(128)
+            listener.listen(self.backlog)
             self.port = listener.getsockname()[1]
             listener.set_inheritable(True)
             command = self._command(listener.fileno())
@@ -252,6 +287,9 @@ class ServerProcess:
             raise
         finally:
             listener.close()
+
+    def wait_ready(self) -> None:
+        """Returns once the spawned server is ready; stops it if it never gets there."""
         try:
             self._wait_until_ready()
         except BaseException:
@@ -315,6 +353,13 @@ class ServerProcess:
         except FileNotFoundError:
             return ""
 
+    def worker_cpu(self) -> float | None:
+        """CPU seconds used so far by the processes the server forked (Gunicorn's or uWSGI's
+        workers), read from Linux ``/proc``; None where there is no ``/proc``."""
+        if self._proc is None:
+            return None
+        return _children_cpu(self._proc.pid)
+
     # -- a plain client ----------------------------------------------------------------
 
     def connection(self, timeout: float = 5.0) -> http.client.HTTPConnection:
@@ -338,6 +383,21 @@ class ServerProcess:
             return Response(reply.status, reply.reason, reply.headers, data)
         finally:
             conn.close()
+
+
+@contextlib.contextmanager
+def serving(servers: Sequence[S]) -> Iterator[Sequence[S]]:
+    """Every server in ``servers`` running and ready: they boot side by side, and all are
+    stopped on the way out, whatever happened."""
+    try:
+        for server in servers:
+            server.spawn()
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 class _AnswersRequests(ServerProcess):

@@ -10,9 +10,11 @@ import sys
 import threading
 import time
 import weakref
+from collections import Counter
 from typing import Any, Callable
 
 import pytest
+from conftest import hammer
 
 import tidegate
 from tidegate import CircuitBreaker, CircuitOpenError
@@ -286,7 +288,6 @@ def test_a_slow_call_from_before_the_trip_cannot_fail_the_probe(clock: FakeClock
 
 def _race_for_probe_slots(breaker: CircuitBreaker, slots: int) -> None:
     """THREADS threads race into a half-open breaker; the admitted ones wait inside."""
-    start = threading.Barrier(THREADS)
     release = threading.Event()
     decided = threading.Condition()
     counts = {"inside": 0, "refused": 0}
@@ -297,8 +298,7 @@ def _race_for_probe_slots(breaker: CircuitBreaker, slots: int) -> None:
             decided.notify_all()
         assert release.wait(10)
 
-    def racer() -> None:
-        start.wait(10)
+    def racer(thread: int, turn: int) -> None:
         try:
             breaker.call(probe)
         except CircuitOpenError as exc:
@@ -307,16 +307,16 @@ def _race_for_probe_slots(breaker: CircuitBreaker, slots: int) -> None:
                 counts["refused"] += 1
                 decided.notify_all()
 
-    threads = [threading.Thread(target=racer) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    with decided:
-        assert decided.wait_for(lambda: counts["inside"] + counts["refused"] >= THREADS, 10)
-        assert counts["inside"] == slots
-        assert counts["refused"] == THREADS - slots
-    release.set()
-    for thread in threads:
-        thread.join(10)
+    def all_decided() -> None:
+        try:
+            with decided:
+                assert decided.wait_for(lambda: counts["inside"] + counts["refused"] >= THREADS, 10)
+                assert counts["inside"] == slots
+                assert counts["refused"] == THREADS - slots
+        finally:
+            release.set()
+
+    hammer(racer, threads=THREADS, times=1, during=all_decided)
 
 
 def test_racing_threads_get_exactly_the_probe_slots(clock: FakeClock) -> None:
@@ -356,19 +356,13 @@ def test_calls_through_one_breaker_overlap_in_time(form: str) -> None:
     # Every call waits until all of them are inside at once: a breaker that serialised its
     # calls would break the barrier.
     all_inside = threading.Barrier(THREADS, timeout=20)
-    results: list[Any] = []
 
     def work() -> int:
         return all_inside.wait()
 
-    threads = [
-        threading.Thread(target=lambda: results.append(_invoke(form, breaker, work)))
-        for _ in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = hammer(
+        lambda thread, turn: _invoke(form, breaker, work), threads=THREADS, times=1
+    ).results
     assert sorted(results) == list(range(THREADS))
     assert breaker.total_successes == THREADS
 
@@ -457,34 +451,25 @@ def test_with_form_settles_each_threads_own_admission(clock: FakeClock) -> None:
 def test_with_form_accounting_under_many_threads() -> None:
     breaker = CircuitBreaker("cm", failure_threshold=10**9, exclude=LookupError)
     iterations = 150
-    start = threading.Barrier(THREADS)
-    tallies: list[dict[str, int]] = []
+    rngs = [random.Random(seed) for seed in range(THREADS)]
 
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        tally = {"ok": 0, "failed": 0, "excluded": 0}
-        start.wait(10)
-        for _ in range(iterations):
-            kind = rng.choice(list(tally))
-            try:
-                with breaker, breaker:  # nested on purpose: each exit settles its own entry
-                    if kind == "failed":
-                        raise ConnectionError
-                    if kind == "excluded":
-                        raise LookupError
-            except (ConnectionError, LookupError):
-                pass
-            tally[kind] += 1
-        tallies.append(tally)
+    def once(thread: int, turn: int) -> str:
+        kind = rngs[thread].choice(["ok", "failed", "excluded"])
+        try:
+            with breaker, breaker:  # nested on purpose: each exit settles its own entry
+                if kind == "failed":
+                    raise ConnectionError
+                if kind == "excluded":
+                    raise LookupError
+        except (ConnectionError, LookupError):
+            pass
+        return kind
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(tallies) == THREADS
-    assert breaker.total_successes == 2 * sum(t["ok"] for t in tallies)
-    assert breaker.total_failures == 2 * sum(t["failed"] for t in tallies)
+    run = hammer(once, threads=THREADS, times=iterations)
+    assert run.calls == [iterations] * THREADS
+    tally = Counter(run.results)
+    assert breaker.total_successes == 2 * tally["ok"]
+    assert breaker.total_failures == 2 * tally["failed"]
     assert breaker.rejected == 0
 
 
@@ -499,47 +484,38 @@ def test_a_storm_of_mixed_outcomes_leaks_no_probe_slot() -> None:
         clock=ticks,
     )
     iterations = 200
-    start = threading.Barrier(THREADS)
-    tallies: list[dict[str, int]] = []
+    rngs = [random.Random(seed) for seed in range(THREADS)]
 
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        tally = {"ok": 0, "failed": 0, "ignored": 0, "refused": 0}
-        start.wait(10)
-        for _ in range(iterations):
-            ticks.advance(0.01)
-            kind = rng.choice(["ok", "ok", "failed", "excluded", "interrupted"])
+    def once(thread: int, turn: int) -> str:
+        rng = rngs[thread]
+        ticks.advance(0.01)
+        kind = rng.choice(["ok", "ok", "failed", "excluded", "interrupted"])
 
-            def body(kind: str = kind) -> None:
-                if kind == "failed":
-                    raise ConnectionError
-                if kind == "excluded":
-                    raise LookupError
-                if kind == "interrupted":
-                    raise Interrupt
+        def body() -> None:
+            if kind == "failed":
+                raise ConnectionError
+            if kind == "excluded":
+                raise LookupError
+            if kind == "interrupted":
+                raise Interrupt
 
-            try:
-                if rng.random() < 0.5:
-                    breaker.call(body)
-                else:
-                    with breaker:
-                        body()
-                tally["ok"] += 1
-            except CircuitOpenError:
-                tally["refused"] += 1
-            except ConnectionError:
-                tally["failed"] += 1
-            except (LookupError, Interrupt):
-                tally["ignored"] += 1
-        tallies.append(tally)
+        try:
+            if rng.random() < 0.5:
+                breaker.call(body)
+            else:
+                with breaker:
+                    body()
+        except CircuitOpenError:
+            return "refused"
+        except ConnectionError:
+            return "failed"
+        except (LookupError, Interrupt):
+            return "ignored"
+        return "ok"
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(tallies) == THREADS
-    total = {key: sum(t[key] for t in tallies) for key in tallies[0]}
+    run = hammer(once, threads=THREADS, times=iterations)
+    assert run.calls == [iterations] * THREADS
+    total = Counter(run.results)
     assert sum(total.values()) == THREADS * iterations
     assert breaker.total_successes == total["ok"]
     assert breaker.total_failures == total["failed"]

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import RecordingApp, call
+from conftest import RecordingApp, call, hammer
 from flask import Flask
 
 from tidegate import (
@@ -132,20 +132,15 @@ def test_flask_keeps_serving_while_readiness_fails() -> None:
 def test_once_drained_every_thread_sees_it() -> None:
     health = HealthChecks(cache_ttl=0)
     drained = threading.Event()
-    seen: list[int] = []
-    lock = threading.Lock()
 
-    def probe() -> None:
-        drained.wait()
-        codes = [health.readiness()[0] for _ in range(50)]
-        with lock:
-            seen.extend(codes)
+    def probe(thread: int, turn: int) -> int:
+        assert drained.wait(10)
+        return health.readiness()[0]
 
-    threads = [threading.Thread(target=probe) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    drain_process()
-    drained.set()
-    for thread in threads:
-        thread.join()
+    def drain() -> None:
+        drain_process()
+        drained.set()
+
+    # Every thread is running before the drain: what it sees was changed by another thread.
+    seen = hammer(probe, threads=32, times=50, during=drain).results
     assert seen == [503] * 32 * 50

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import hammer
 from flask import Flask, Response, abort, stream_with_context
 
 from tidegate import CapacityGate
@@ -268,21 +269,10 @@ def test_many_threads_never_push_a_view_past_the_limit() -> None:
         return "ok"
 
     TideGate(app, limit=limit)
-    codes: list[int] = []
-    start = threading.Barrier(threads)
-
-    def client() -> None:
-        start.wait()
-        c = app.test_client()
-        mine = [c.get("/").status_code for _ in range(rounds)]
-        with lock:
-            codes.extend(mine)
-
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    clients = [app.test_client() for _ in range(threads)]
+    codes = hammer(
+        lambda thread, turn: clients[thread].get("/").status_code, threads=threads, times=rounds
+    ).results
     gate = state(app).gate
     assert worst <= limit
     assert gate.in_flight == 0

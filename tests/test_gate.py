@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import hammer
 
 from tidegate import CapacityGate, Permit
 
@@ -167,27 +168,20 @@ def test_many_threads_never_exceed_the_limit() -> None:
     inside = 0
     worst = 0
     lock = threading.Lock()
-    start = threading.Barrier(threads)
 
-    def hammer() -> None:
+    def once(thread: int, turn: int) -> None:
         nonlocal inside, worst
-        start.wait()
-        for _ in range(rounds):
-            permit = gate.try_acquire()
-            if permit is None:
-                continue
-            with lock:
-                inside += 1
-                worst = max(worst, inside)
-            with lock:
-                inside -= 1
-            permit.release()
+        permit = gate.try_acquire()
+        if permit is None:
+            return
+        with lock:
+            inside += 1
+            worst = max(worst, inside)
+        with lock:
+            inside -= 1
+        permit.release()
 
-    workers = [threading.Thread(target=hammer) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    hammer(once, threads=threads, times=rounds)
     assert worst <= limit
     assert gate.peak <= limit
     assert gate.admitted + gate.rejected == threads * rounds
@@ -199,21 +193,14 @@ def test_blocking_acquire_under_contention_admits_everyone_eventually() -> None:
     gate = CapacityGate(3)
     failures: list[str] = []
 
-    def worker() -> None:
-        for _ in range(rounds):
-            permit = gate.acquire(timeout=10)
-            if permit is None:
-                failures.append("timed out")
-                return
-            if gate.in_flight > gate.limit:
-                failures.append(f"in_flight {gate.in_flight}")
-            permit.release()
+    def once(thread: int, turn: int) -> None:
+        permit = gate.acquire(timeout=10)
+        assert permit is not None, "timed out"
+        if gate.in_flight > gate.limit:
+            failures.append(f"in_flight {gate.in_flight}")
+        permit.release()
 
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    hammer(once, threads=threads, times=rounds)
     assert failures == []
     assert gate.admitted == threads * rounds
     assert gate.in_flight == 0

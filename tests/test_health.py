@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import UnprintableError, Unrepresentable, nested
+from conftest import UnprintableError, Unrepresentable, hammer, nested
 
 import tidegate
 from tidegate import HealthChecks
@@ -375,27 +375,21 @@ def probe_together(health: HealthChecks, check: Counter, threads: int) -> list[t
     """Probe from many threads at once while ``check`` is held up, then let it finish."""
     check.entered.clear()
     check.block = threading.Event()
-    arrived = threading.Barrier(threads + 1, timeout=10)
-    results: list[tuple[int, Any]] = []
-    errors: list[BaseException] = []
+    block = check.block
 
-    def probe() -> None:
+    def hold_then_release() -> None:
         try:
-            arrived.wait()
-            results.append(health.readiness())
-        except BaseException as exc:
-            errors.append(exc)
+            assert check.entered.wait(10)
+            time.sleep(0.05)  # let the other probes reach the run in progress
+        finally:
+            block.set()
 
-    workers = [threading.Thread(target=probe) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    arrived.wait()
-    assert check.entered.wait(10)
-    time.sleep(0.05)  # let the other probes reach the run in progress
-    check.block.set()
-    for worker in workers:
-        worker.join(10)
-    assert not errors
+    results = hammer(
+        lambda thread, turn: health.readiness(),
+        threads=threads,
+        times=1,
+        during=hold_then_release,
+    ).results
     assert len(results) == threads
     return results
 
@@ -666,26 +660,15 @@ def test_breakers_are_reported_during_maintenance() -> None:
 
 def test_adding_while_probing_from_many_threads() -> None:
     health = HealthChecks(cache_ttl=0)
-    errors: list[BaseException] = []
-    start = threading.Barrier(32, timeout=10)
 
-    def worker(i: int) -> None:
-        try:
-            start.wait()
-            for j in range(10):
-                health.add(f"w{i}-{j}", lambda: None)
-                code, body = health.readiness()
-                assert code == 200
-                assert f"w{i}-{j}" in body["checks"]
-        except BaseException as exc:
-            errors.append(exc)
+    def add_then_probe(i: int, j: int) -> None:
+        health.add(f"w{i}-{j}", lambda: None)
+        code, body = health.readiness()
+        assert code == 200
+        assert f"w{i}-{j}" in body["checks"]
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors
+    run = hammer(add_then_probe, threads=32, times=10)
+    assert run.total == 320
     assert len(health.readiness()[1]["checks"]) == 320
 
 

@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import hammer
 
 from tidegate import MaintenanceStatus, MaintenanceSwitch, RetryAfter
 
@@ -677,9 +677,6 @@ def test_writes_are_atomic_to_readers_in_a_tight_loop(
     on = {"active": True, "message": "Deploying", "until": None, "retry_after": 30}
     off = {"active": False, "message": None, "until": None, "retry_after": None}
     keys = list(on)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    reads = [0] * 32
 
     def read_file(i: int) -> None:
         with open(state_path, "rb") as f:
@@ -693,44 +690,24 @@ def test_writes_are_atomic_to_readers_in_a_tight_loop(
         assert seen in ((True, "file", "Deploying", 30), (False, None, None, 60))
         assert reader.active in (True, False)
 
-    def loop(i: int) -> None:
-        read = read_file if i % 2 else read_switch
-        try:
-            while not stop.is_set():
-                read(i)
-                reads[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+    def read(i: int, turn: int) -> None:
+        (read_file if i % 2 else read_switch)(i)
 
     def toggle() -> None:
-        try:
-            for n in range(500):
-                if stop.is_set():
-                    return
-                if n % 2 == 0:
-                    writer.enable(message="Deploying", retry_after=30)
-                else:
-                    writer.disable()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            stop.set()
+        for n in range(500):
+            if n % 2 == 0:
+                writer.enable(message="Deploying", retry_after=30)
+            else:
+                writer.disable()
 
-    readers = [threading.Thread(target=loop, args=(i,)) for i in range(32)]
-    toggler = threading.Thread(target=toggle)
     # 32 busy readers would otherwise keep the writer waiting for the GIL after every write.
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
-        for t in readers:
-            t.start()
-        toggler.start()
-        for t in [toggler, *readers]:
-            t.join()
+        # The readers read until the 500 writes are done.
+        reads = hammer(read, threads=32, seconds=60, during=toggle).calls
     finally:
         sys.setswitchinterval(switch_interval)
-    assert not errors, errors[:3]
     assert all(n > 0 for n in reads), reads
     assert warnings_from(caplog) == [], "no reader ever saw a partial file"
     assert os.listdir(state_path.parent) == ["state.json"], "no temporary files left behind"

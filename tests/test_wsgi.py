@@ -5,12 +5,11 @@ from __future__ import annotations
 import gc
 import random
 import sys
-import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import Boom, RecordingApp, call, environ_for
+from conftest import Boom, RecordingApp, call, environ_for, hammer
 
 from tidegate import CapacityGate
 from tidegate.wsgi import TideGateMiddleware
@@ -267,23 +266,11 @@ def test_many_threads_never_push_the_app_past_the_limit() -> None:
     app = RecordingApp()
     limit, threads, rounds = 4, 32, 300
     mw = TideGateMiddleware(app, limit=limit)
-    codes: list[int] = []
-    lock = threading.Lock()
-    start = threading.Barrier(threads)
-
-    def client() -> None:
-        start.wait()
-        mine = []
-        for i in range(rounds):
-            mine.append(call(mw, "/stream" if i % 2 else "/").code)
-        with lock:
-            codes.extend(mine)
-
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    codes = hammer(
+        lambda thread, turn: call(mw, "/stream" if turn % 2 else "/").code,
+        threads=threads,
+        times=rounds,
+    ).results
     assert len(codes) == threads * rounds
     assert set(codes) <= {200, 503}
     assert app.worst <= limit
