@@ -34,6 +34,9 @@ __all__ = [
     "Permit",
     "RetryAfter",
     "__version__",
+    "_format_iso",
+    "_parse_iso",
+    "_write_atomic",
     "drain_process",
     "prefers_html",
     "process_draining",
@@ -181,6 +184,28 @@ def prefers_html(accept: str) -> bool:
     Ties, an empty value and ``*/*`` go to JSON. Never raises for a ``str``: one that is not
     valid UTF-8 (a lone surrogate) is read with replacement characters.
     """
+
+def _parse_iso(text: str) -> int | None:
+    """The Unix seconds of an ISO-8601 date and time, or ``None`` when ``text`` is not one.
+
+    Reads ``YYYY-MM-DDTHH:MM[:SS[.fraction]]`` followed by ``Z``, ``+HH:MM``, ``-HH:MM`` or
+    nothing (UTC), ``T`` or a space between date and time, surrounding whitespace ignored, a
+    fraction of a second dropped: what a state file's ``until`` may hold. A bare
+    ``YYYY-MM-DD`` is midnight UTC. The instant may lie outside the years 1 to 9999 (an offset
+    can push it there); the caller decides what that means.
+    """
+
+def _format_iso(value: datetime) -> str:
+    """``value`` as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC, as a state file stores it: a naive
+    datetime is UTC, a fraction of a second is dropped. ``ValueError`` when the instant, in
+    UTC, falls outside the years 1 to 9999."""
+
+def _write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file at ``path`` with ``data`` the way a state file is written: a reader
+    sees the old file or the new one, never a part. The bytes go to a new temporary file in
+    the same folder, are flushed to disk and renamed over ``path``; the result has mode
+    0o644 whatever the umask. Runs without the GIL. ``OSError`` saying what failed; ``path``
+    is left as it was then."""
 
 @disjoint_base
 class MiddlewareCore:

@@ -20,14 +20,13 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch
+from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch, _parse_iso, _write_atomic
 from tidegate.responses import ErrorPages, iso_utc, status_url_problem
 
 __all__ = ["main", "parse_duration", "parse_until"]
@@ -41,6 +40,7 @@ DEFAULT_PAGE_RETRY_AFTER = 60
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 _SECONDS = re.compile(r"\d+", re.ASCII)
 _DURATION_HINT = "use e.g. 90s, 15m, 2h, 1h30m or 1d"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class UsageError(Exception):
@@ -81,20 +81,15 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_until(text: str, now: datetime | None = None) -> datetime:
-    """An ISO-8601 date and time in the future, as an aware UTC datetime (no offset is UTC)."""
-    cleaned = text.strip()
-    if cleaned[-1:] in ("Z", "z"):
-        cleaned = cleaned[:-1] + "+00:00"
+    """An ISO-8601 date and time in the future, as an aware UTC datetime (no offset is UTC).
+
+    The forms are those a state file's ``until`` may hold, plus a bare date (midnight UTC).
+    """
+    unix = _parse_iso(text)
+    if unix is None:
+        raise ValueError(f"not an ISO-8601 date and time: {text!r} (e.g. 2030-01-01T12:00:00Z)")
     try:
-        moment = datetime.fromisoformat(cleaned)
-    except ValueError:
-        raise ValueError(
-            f"not an ISO-8601 date and time: {text!r} (e.g. 2030-01-01T12:00:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    try:
-        moment = moment.astimezone(timezone.utc)
+        moment = _EPOCH + timedelta(seconds=unix)
     except OverflowError:
         raise ValueError(f"{text!r} is out of range") from None
     if moment <= (now or _now()):
@@ -386,25 +381,9 @@ def _page(args: argparse.Namespace) -> int:
     try:
         _write_atomic(target, rendered.body)
     except OSError as exc:
-        raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise CommandError(str(exc)) from None
     print(f"wrote {target} ({len(rendered.body)} bytes)", file=sys.stderr)
     return 0
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Replace ``target`` so that a reader sees the old file or the new one, never a part."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _demo(args: argparse.Namespace) -> int:
