@@ -20,7 +20,6 @@ else:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_L = TypeVar("_L", bound=Callable[..., object])
 
 __version__: str
 __all__ = [
@@ -284,9 +283,9 @@ class CircuitBreaker:
     process's monotonic clock (for tests). Every bad argument is a ``ValueError`` or
     ``TypeError`` naming the parameter.
 
-    Transitions are logged on the ``tidegate`` logger (warning when opening, info otherwise)
-    and passed to listeners (see ``add_listener``). ``tidegate.CircuitBreaker`` adds the
-    decorator form.
+    This class is the state machine; ``tidegate.CircuitBreaker`` subclasses it and adds the
+    ``with`` and decorator forms, logging on the ``tidegate`` logger (warning when opening,
+    info otherwise) and listeners (``add_listener``). Use that one.
     """
 
     def __new__(
@@ -314,21 +313,19 @@ class CircuitBreaker:
         the function's own exceptions propagate after being counted.
         """
 
-    def __enter__(self) -> Self:
-        """Admit the block or raise ``CircuitOpenError`` (``fallback`` cannot apply here).
+    def _enter(self) -> object:
+        """Admit a ``with`` block: the admission to hand to ``_exit``, or ``CircuitOpenError``
+        (``fallback`` cannot apply here). An admission garbage-collected before ``_exit``
+        settles as neither success nor failure."""
 
-        The same breaker may be entered by many threads, greenlets or tasks at once; each
-        ``__exit__`` settles the admission its own context made.
-        """
+    def _exit(self, ticket: object, exc: BaseException | None, /) -> None:
+        """Settle what ``_enter`` admitted: a success when ``exc`` is None, otherwise counted
+        as ``call`` counts an exception. ``ValueError`` for another breaker's admission."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> bool:
-        """Count the block's outcome. Never suppresses the exception."""
+    def _announce(self, old: str, new: str, why: str, /) -> None:
+        """Called after every transition with no lock held, with the old and new state and
+        why (``"closed -> open (5 consecutive failures), next probe in 30s"``). Does nothing
+        here; what it raises propagates from the call that caused the transition."""
 
     @property
     def name(self) -> str: ...
@@ -393,20 +390,6 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Same as ``close()``."""
-
-    def add_listener(self, listener: _L, /) -> _L:
-        """Call ``listener(breaker, old_state, new_state)`` after every transition, from the
-        thread that caused it, with no lock held. Returns ``listener`` (usable as a
-        decorator).
-
-        A listener is for observing: one raising an ``Exception`` is logged on the
-        ``tidegate`` logger (with its traceback) and the next listener runs. Any other
-        ``BaseException`` (``KeyboardInterrupt``) propagates from the call that caused the
-        transition, but only once the breaker is consistent: a call admitted as that
-        transition happened does not run and gives its probe slot back."""
-
-    def remove_listener(self, listener: Callable[..., object], /) -> None:
-        """Forget a listener (compared with ``==``); ``ValueError`` if it is not registered."""
 
 @final
 class MaintenanceSwitch:
