@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from tidegate.cli._errors import PROG, CommandError, UsageError
 from tidegate.cli._page import DEFAULT_PAGE_RETRY_AFTER
-from tidegate.cli._parser import _build_parser
+from tidegate.cli._parser import build_parser
 from tidegate.cli._state import STATE_ENV
 from tidegate.cli._values import parse_duration, parse_until
 
@@ -37,7 +37,7 @@ __all__ = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidegate`` command with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
-    parser = _build_parser()
+    parser = build_parser()
     try:
         try:
             args = parser.parse_args(argv)

@@ -9,25 +9,25 @@ from pathlib import Path
 
 from tidegate._tidegate import _write_atomic
 from tidegate.cli._errors import CommandError, UsageError
-from tidegate.cli._state import _open_switch, _target
-from tidegate.cli._values import _now, _until_of
+from tidegate.cli._state import open_switch, target_path
+from tidegate.cli._values import until_of, utc_now
 from tidegate.responses import ErrorPages
 
 #: Retry-After of a static page when neither ``--until`` nor ``--retry-after`` says more.
 DEFAULT_PAGE_RETRY_AFTER = 60
 
 
-def _page(args: argparse.Namespace) -> int:
+def run_page(args: argparse.Namespace) -> int:
     target = None
     if args.output not in (None, "-"):
-        target = _target(args.prog, "--output", args.output, writing=True)
+        target = target_path(args.prog, "--output", args.output, writing=True)
     message: str | None = args.message
-    until = _until_of(args)
+    until = until_of(args)
     retry_after: int | None = args.retry_after
     if until is not None:
-        retry_after = max(1, math.ceil((until - _now()).total_seconds()))
+        retry_after = max(1, math.ceil((until - utc_now()).total_seconds()))
     if args.state is not None:
-        switch, warnings = _open_switch(args, writing=False)
+        switch, warnings = open_switch(args, writing=False)
         if warnings:
             raise CommandError(warnings[0])
         status = switch.status()

@@ -7,10 +7,15 @@ import textwrap
 from typing import NoReturn
 
 from tidegate.cli._errors import PROG, UsageError
-from tidegate.cli._maintenance import _drain, _maintenance_off, _maintenance_on, _maintenance_status
-from tidegate.cli._page import DEFAULT_PAGE_RETRY_AFTER, _page
+from tidegate.cli._maintenance import (
+    run_drain,
+    run_maintenance_off,
+    run_maintenance_on,
+    run_maintenance_status,
+)
+from tidegate.cli._page import DEFAULT_PAGE_RETRY_AFTER, run_page
 from tidegate.cli._state import STATE_ENV
-from tidegate.cli._values import _duration_arg, _seconds_arg, _until_arg, _url_arg
+from tidegate.cli._values import duration_arg, seconds_arg, until_arg, url_arg
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, message)
 
 
-def _demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from tidegate.demo import run
 
     return run(json_output=args.json)
@@ -102,7 +107,7 @@ def _state_option(parser: argparse.ArgumentParser, *, required_help: str) -> Non
     )
 
 
-def _build_parser() -> _Parser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
         description="Answer 503 Service Unavailable the right way: switch maintenance and "
@@ -135,20 +140,20 @@ def _build_parser() -> _Parser:
     ends.add_argument(
         "--for",
         dest="for_",
-        type=_duration_arg,
+        type=duration_arg,
         metavar="DURATION",
         help="estimated length, e.g. 30m or 1h30m",
     )
     ends.add_argument(
-        "--until", type=_until_arg, metavar="ISO", help="estimated end, e.g. 2030-01-01T12:00Z"
+        "--until", type=until_arg, metavar="ISO", help="estimated end, e.g. 2030-01-01T12:00Z"
     )
     on.add_argument(
         "--retry-after",
-        type=_seconds_arg,
+        type=seconds_arg,
         metavar="DURATION",
         help="Retry-After when no end is known (default: the app's default_retry_after)",
     )
-    on.set_defaults(handler=_maintenance_on)
+    on.set_defaults(handler=run_maintenance_on)
 
     off = actions.add_parser(
         "off",
@@ -157,7 +162,7 @@ def _build_parser() -> _Parser:
         formatter_class=_Formatter,
     )
     _state_option(off, required_help=f"required unless {STATE_ENV} is set")
-    off.set_defaults(handler=_maintenance_off)
+    off.set_defaults(handler=run_maintenance_off)
 
     status = actions.add_parser(
         "status",
@@ -168,7 +173,7 @@ def _build_parser() -> _Parser:
     )
     _state_option(status, required_help=f"required unless {STATE_ENV} is set")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=_maintenance_status)
+    status.set_defaults(handler=run_maintenance_status)
 
     drain = commands.add_parser(
         "drain",
@@ -180,7 +185,7 @@ def _build_parser() -> _Parser:
     )
     _state_option(drain, required_help=f"required unless {STATE_ENV} is set")
     drain.add_argument("--off", action="store_true", help="stop draining")
-    drain.set_defaults(handler=_drain)
+    drain.set_defaults(handler=run_drain)
 
     page = commands.add_parser(
         "page",
@@ -192,20 +197,20 @@ def _build_parser() -> _Parser:
     page.add_argument("--message", metavar="TEXT", help="what users are told")
     page_ends = page.add_mutually_exclusive_group()
     page_ends.add_argument(
-        "--for", dest="for_", type=_duration_arg, metavar="DURATION", help="estimated length"
+        "--for", dest="for_", type=duration_arg, metavar="DURATION", help="estimated length"
     )
-    page_ends.add_argument("--until", type=_until_arg, metavar="ISO", help="estimated end")
+    page_ends.add_argument("--until", type=until_arg, metavar="ISO", help="estimated end")
     page.add_argument(
         "--retry-after",
-        type=_seconds_arg,
+        type=seconds_arg,
         metavar="DURATION",
         help=f"the page's retry hint when no end is known (default {DEFAULT_PAGE_RETRY_AFTER}s)",
     )
-    page.add_argument("--status-url", type=_url_arg, metavar="URL", help="link to a status page")
+    page.add_argument("--status-url", type=url_arg, metavar="URL", help="link to a status page")
     page.add_argument("--template", metavar="FILE", help="a replacement page template")
     _state_option(page, required_help="optional: take the message and end from it")
     page.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
-    page.set_defaults(handler=_page)
+    page.set_defaults(handler=run_page)
 
     demo = commands.add_parser(
         "demo",
@@ -215,7 +220,7 @@ def _build_parser() -> _Parser:
         formatter_class=_Formatter,
     )
     demo.add_argument("--json", action="store_true", help="machine-readable output")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=run_demo)
 
     parser.set_defaults(handler=None)
     maintenance.set_defaults(handler=None)

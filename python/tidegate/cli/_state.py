@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch
 from tidegate.cli._errors import PROG, CommandError, UsageError
-from tidegate.cli._values import _human_duration, _human_time, _now
+from tidegate.cli._values import human_duration, human_time, utc_now
 from tidegate.responses import iso_utc
 
 #: Where ``--state`` is read from when it is not given.
@@ -48,7 +48,7 @@ def _collect_warnings() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def _target(prog: str, option: str, text: str, *, writing: bool) -> Path:
+def target_path(prog: str, option: str, text: str, *, writing: bool) -> Path:
     """``text`` as an absolute path to a file that may be (re)placed: not a folder, in a folder
     that exists (and that this user may write to, when ``writing``)."""
     path = Path(text).expanduser().absolute()
@@ -76,10 +76,10 @@ def _state_path(args: argparse.Namespace, *, writing: bool) -> Path:
     text = args.state or os.environ.get(STATE_ENV, "")
     if not text:
         raise UsageError(args.prog, f"argument --state is required (or set {STATE_ENV})")
-    return _target(args.prog, "--state", text, writing=writing)
+    return target_path(args.prog, "--state", text, writing=writing)
 
 
-def _open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
+def open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
     """The switch over ``--state`` (the environment is ignored: the file is what the command
     is about), and the warnings reading the file gave."""
     path = _state_path(args, writing=writing)
@@ -91,8 +91,8 @@ def _open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[Maintenanc
     return switch, warnings
 
 
-def _write(args: argparse.Namespace, change: Any) -> MaintenanceSwitch:
-    switch, warnings = _open_switch(args, writing=True)
+def write_state(args: argparse.Namespace, change: Any) -> MaintenanceSwitch:
+    switch, warnings = open_switch(args, writing=True)
     try:
         change(switch)
     except ValueError as exc:
@@ -107,7 +107,7 @@ def _write(args: argparse.Namespace, change: Any) -> MaintenanceSwitch:
     return switch
 
 
-def _status_document(switch: MaintenanceSwitch, status: MaintenanceStatus) -> dict[str, Any]:
+def status_document(switch: MaintenanceSwitch, status: MaintenanceStatus) -> dict[str, Any]:
     path = switch.state_file
     exists = path is not None and os.path.isfile(path)
     return {
@@ -121,7 +121,7 @@ def _status_document(switch: MaintenanceSwitch, status: MaintenanceStatus) -> di
     }
 
 
-def _print_status(switch: MaintenanceSwitch, out: TextIO) -> None:
+def print_status(switch: MaintenanceSwitch, out: TextIO) -> None:
     status = switch.status()
     path = switch.state_file or ""
     if status.active:
@@ -129,9 +129,9 @@ def _print_status(switch: MaintenanceSwitch, out: TextIO) -> None:
         if status.message:
             print(f"{'  message':<14}{status.message}", file=out)
         if status.until is not None:
-            left = (status.until - _now()).total_seconds()
-            when = f"in {_human_duration(left)}" if left > 0 else "passed"
-            print(f"{'  until':<14}{_human_time(status.until)} ({when})", file=out)
+            left = (status.until - utc_now()).total_seconds()
+            when = f"in {human_duration(left)}" if left > 0 else "passed"
+            print(f"{'  until':<14}{human_time(status.until)} ({when})", file=out)
         print(f"{'  Retry-After':<14}{status.retry_after.delay()} s", file=out)
     else:
         print(f"{'maintenance':<14}off", file=out)
@@ -144,7 +144,7 @@ def _print_status(switch: MaintenanceSwitch, out: TextIO) -> None:
         print(f"{'draining':<14}off", file=out)
     try:
         changed = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc)
-        where = f"last changed {_human_time(changed)}"
+        where = f"last changed {human_time(changed)}"
     except OSError:
         where = "not there yet: nothing is on"
     print(f"{'state file':<14}{path} ({where})", file=out)

@@ -46,16 +46,16 @@ def parse_until(text: str, now: datetime | None = None) -> datetime:
         moment = _EPOCH + timedelta(seconds=unix)
     except OverflowError:
         raise ValueError(f"{text!r} is out of range") from None
-    if moment <= (now or _now()):
+    if moment <= (now or utc_now()):
         raise ValueError(f"{text!r} is in the past")
     return moment
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _duration_arg(text: str) -> timedelta:
+def duration_arg(text: str) -> timedelta:
     try:
         value = parse_duration(text)
     except ValueError as exc:
@@ -65,39 +65,39 @@ def _duration_arg(text: str) -> timedelta:
     return value
 
 
-def _seconds_arg(text: str) -> int:
+def seconds_arg(text: str) -> int:
     try:
         return int(parse_duration(text).total_seconds())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _until_arg(text: str) -> datetime:
+def until_arg(text: str) -> datetime:
     try:
         return parse_until(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _url_arg(text: str) -> str:
+def url_arg(text: str) -> str:
     problem = status_url_problem(text)
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
 
 
-def _until_of(args: argparse.Namespace) -> datetime | None:
+def until_of(args: argparse.Namespace) -> datetime | None:
     length: timedelta | None = args.for_
     if length is not None:
         try:
-            return _now() + length
+            return utc_now() + length
         except OverflowError:
             raise UsageError(args.prog, "argument --for: too far in the future") from None
     until: datetime | None = args.until
     return until
 
 
-def _human_duration(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
     """``7170`` -> ``1h 59m``: the largest unit, and the next one when it is not zero."""
     left = max(0, math.ceil(seconds))
     counts = []
@@ -112,5 +112,5 @@ def _human_duration(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _human_time(moment: datetime) -> str:
+def human_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
