@@ -396,7 +396,7 @@ impl BreakerPy {
             core: &this.core,
             ticket: Some(ticket),
         });
-        // A listener that raises past the logging (KeyboardInterrupt) ends the call here;
+        // `_announce` raising (a listener's KeyboardInterrupt) ends the call here;
         // `admitted` gives its slot back as it goes.
         Self::announce(slf, transition)?;
         let admitted = match admitted {
@@ -432,7 +432,7 @@ impl BreakerPy {
             started: now,
             settled: AtomicBool::new(false),
         });
-        // A listener that raises past the logging drops `ticket`, which gives its slot back.
+        // `_announce` raising drops `ticket`, which gives its slot back.
         Self::announce(slf, transition)?;
         Py::new(
             py,
