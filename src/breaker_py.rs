@@ -1,29 +1,21 @@
-//! `CircuitBreaker` and `CircuitOpenError` as Python sees them: argument checks, the clock,
-//! running the protected call, the `with` form, listeners and logging, around the state
-//! machine in `crate::breaker`.
+//! The circuit breaker's state machine as Python sees it: argument checks, the clock, running
+//! the protected call, around `crate::breaker`. Logging, listeners and the `with` form's
+//! context live in `tidegate.breaker`, which subclasses this class: when a call, a state read
+//! or a manual change moves the state, the wrapper calls `self._announce(old, new, why)`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-use pyo3::exceptions::{PyBaseException, PyException, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyException};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
-use pyo3::PyTraverseError;
+use pyo3::{intern, PyTraverseError};
 
 use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
-use crate::errors::{describe, int_beyond_float, type_name, whole_number, ArgError};
-
-pyo3::create_exception!(
-    tidegate._tidegate,
-    CircuitOpenError,
-    PyException,
-    "A call refused because its circuit breaker is open (or half-open with every probe slot \
-     taken). `breaker` is the breaker; `retry_after` the seconds until a probe is allowed."
-);
+pub use crate::errors::CircuitOpenError;
+use crate::errors::{circuit_open, describe, int_beyond_float, type_name, whole_number, ArgError};
 
 /// Gives `CircuitOpenError` class-level defaults so one raised by hand still answers
 /// `breaker` (None) and `retry_after` (0.0).
@@ -192,36 +184,9 @@ fn read_clock(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     }
 }
 
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER
-        .get_or_try_init(py, || {
-            Ok(py
-                .import("logging")?
-                .call_method1("getLogger", ("tidegate",))?
-                .unbind())
-        })
-        .map(|logger| logger.bind(py))
-}
-
-/// The tickets of the `with` blocks open in the current context (thread, greenlet or task).
-fn active_tickets(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static ACTIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    ACTIVE
-        .get_or_try_init(py, || {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("default", PyTuple::empty(py))?;
-            Ok(py
-                .import("contextvars")?
-                .getattr("ContextVar")?
-                .call(("tidegate_breaker_calls",), Some(&kwargs))?
-                .unbind())
-        })
-        .map(|var| var.bind(py))
-}
-
-/// The admission a `with` block holds. Settled exactly once: by `__exit__`, or, if it is
-/// garbage-collected first, as an ignored outcome so a probe slot can never leak.
+/// The admission a `with` block holds (`_enter` gives it, `_exit` takes it back). Settled
+/// exactly once: by `_exit`, or, if it is garbage-collected first, as an ignored outcome so a
+/// probe slot can never leak.
 #[pyclass(name = "_Ticket", module = "tidegate._tidegate", frozen)]
 pub struct TicketPy {
     core: Arc<Breaker>,
@@ -281,7 +246,6 @@ pub struct BreakerPy {
     exclude: Option<Py<PyTuple>>,
     fallback: Option<Py<PyAny>>,
     clock: Option<Py<PyAny>>,
-    listeners: Mutex<Vec<Py<PyAny>>>,
 }
 
 impl BreakerPy {
@@ -311,79 +275,31 @@ impl BreakerPy {
     }
 
     fn open_error(slf: &Bound<'_, Self>, rejected: Rejected) -> PyErr {
-        let name = &slf.get().name;
-        let message = match rejected.state {
-            State::HalfOpen => {
-                format!("circuit breaker '{name}' is half-open and its probe calls are all taken")
-            }
-            _ => format!(
-                "circuit breaker '{name}' is open; retry in {:.3}s",
-                rejected.retry_after
-            ),
-        };
-        let err = CircuitOpenError::new_err(message);
-        let value = err.value(slf.py());
-        if let Err(failed) = value
-            .setattr("breaker", slf)
-            .and_then(|()| value.setattr("retry_after", rejected.retry_after))
-        {
-            return failed;
-        }
-        err
+        let half_open = rejected.state == State::HalfOpen;
+        circuit_open(
+            slf.as_any(),
+            &slf.get().name,
+            half_open,
+            rejected.retry_after,
+        )
     }
 
-    /// Logs a transition and tells the listeners, with no lock held. A listener raising an
-    /// `Exception` is logged and skipped; anything else (KeyboardInterrupt) propagates.
+    /// Hands a transition to `self._announce(old, new, why)`, with no lock held. Whatever
+    /// that raises propagates (`tidegate.CircuitBreaker` lets only a `BaseException` that is
+    /// not an `Exception`, such as KeyboardInterrupt, through).
     fn announce(slf: &Bound<'_, Self>, transition: Option<Transition>) -> PyResult<()> {
         let Some(transition) = transition else {
             return Ok(());
         };
         let py = slf.py();
-        let this = slf.get();
-        let level = if transition.to == State::Open {
-            "warning"
-        } else {
-            "info"
-        };
-        let logged = logger(py).and_then(|logger| {
-            logger.call_method1(
-                level,
-                ("circuit breaker %r: %s", &this.name, transition.to_string()),
-            )
-        });
-        if let Err(err) = logged {
-            err.write_unraisable(py, Some(slf.as_any()));
-        }
-        let listeners: Vec<Py<PyAny>> = this
-            .listeners
-            .lock()
-            .iter()
-            .map(|listener| listener.clone_ref(py))
-            .collect();
-        for listener in listeners {
-            let listener = listener.bind(py);
-            let called = listener.call1((slf, transition.from.as_str(), transition.to.as_str()));
-            let Err(err) = called else { continue };
-            if !err.is_instance_of::<PyException>(py) {
-                return Err(err);
-            }
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("exc_info", err.value(py))?;
-            let logged = logger(py).and_then(|logger| {
-                logger.call_method(
-                    "error",
-                    (
-                        "circuit breaker %r: listener %r raised",
-                        &this.name,
-                        listener,
-                    ),
-                    Some(&kwargs),
-                )
-            });
-            if let Err(err) = logged {
-                err.write_unraisable(py, Some(slf.as_any()));
-            }
-        }
+        slf.call_method1(
+            intern!(py, "_announce"),
+            (
+                transition.from.as_str(),
+                transition.to.as_str(),
+                transition.to_string(),
+            ),
+        )?;
         Ok(())
     }
 
@@ -454,7 +370,6 @@ impl BreakerPy {
             exclude,
             fallback,
             clock,
-            listeners: Mutex::new(Vec::new()),
         })
     }
 
@@ -481,7 +396,7 @@ impl BreakerPy {
             core: &this.core,
             ticket: Some(ticket),
         });
-        // A listener that raises past the logging (KeyboardInterrupt) ends the call here;
+        // `_announce` raising (a listener's KeyboardInterrupt) ends the call here;
         // `admitted` gives its slot back as it goes.
         Self::announce(slf, transition)?;
         let admitted = match admitted {
@@ -505,7 +420,8 @@ impl BreakerPy {
         result
     }
 
-    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+    /// Admits a `with` block: its admission, for `_exit`, or `CircuitOpenError`.
+    fn _enter(slf: &Bound<'_, Self>) -> PyResult<Py<TicketPy>> {
         let py = slf.py();
         let this = slf.get();
         let now = this.now(py)?;
@@ -516,59 +432,42 @@ impl BreakerPy {
             started: now,
             settled: AtomicBool::new(false),
         });
+        // `_announce` raising drops `ticket`, which gives its slot back.
         Self::announce(slf, transition)?;
-        let ticket = Bound::new(
+        Py::new(
             py,
             ticket.map_err(|rejected| Self::open_error(slf, rejected))?,
-        )?;
-        let active = active_tickets(py)?;
-        let stack = active.call_method0("get")?;
-        let stack = stack.cast::<PyTuple>()?;
-        let pushed: Vec<Bound<'py, PyAny>> = stack.iter().chain([ticket.into_any()]).collect();
-        let pushed = PyTuple::new(py, pushed)?;
-        active.call_method1("set", (pushed,))?;
-        Ok(slf.clone())
+        )
     }
 
-    #[pyo3(signature = (_exc_type, exc, _traceback, /))]
-    fn __exit__(
+    /// Settles what `_enter` admitted: a success when `exc` is None, else as `call` counts it.
+    #[pyo3(signature = (ticket, exc, /))]
+    fn _exit(
         slf: &Bound<'_, Self>,
-        _exc_type: &Bound<'_, PyAny>,
+        ticket: &Bound<'_, TicketPy>,
         exc: &Bound<'_, PyAny>,
-        _traceback: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let active = active_tickets(py)?;
-        let stack = active.call_method0("get")?;
-        let stack = stack.cast::<PyTuple>()?;
-        let mine = stack.iter().enumerate().rev().find_map(|(i, item)| {
-            let ticket = item.cast_into::<TicketPy>().ok()?;
-            Arc::ptr_eq(&ticket.get().core, &this.core).then_some((i, ticket))
-        });
-        let Some((index, ticket)) = mine else {
-            return Err(PyRuntimeError::new_err(format!(
-                "circuit breaker '{}': __exit__ without a matching __enter__ in this context",
-                this.name
-            )));
-        };
-        let rest: Vec<Bound<'_, PyAny>> = stack
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| (i != index).then_some(item))
-            .collect();
-        active.call_method1("set", (PyTuple::new(py, rest)?,))?;
+        let ticket = ticket.get();
+        if !Arc::ptr_eq(&ticket.core, &this.core) {
+            return Err(ArgError::value("ticket", "was not admitted by this breaker").into());
+        }
         let outcome = if exc.is_none() {
             Outcome::Success
         } else {
             this.classify(py, exc)
         };
-        let ticket = ticket.get();
         if let Some(taken) = ticket.take() {
             Self::settle(slf, taken, outcome, ticket.started)?;
         }
-        Ok(false)
+        Ok(())
     }
+
+    /// Called after every transition with the old and new state and why it happened. Does
+    /// nothing here; `tidegate.CircuitBreaker` logs it and tells its listeners.
+    #[pyo3(signature = (_old, _new, _why, /))]
+    fn _announce(&self, _old: &str, _new: &str, _why: &str) {}
 
     #[getter]
     fn name(&self) -> &str {
@@ -691,46 +590,6 @@ impl BreakerPy {
         Self::close(slf)
     }
 
-    #[pyo3(signature = (listener, /))]
-    fn add_listener<'py>(&self, listener: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        if !listener.is_callable() {
-            return Err(ArgError::type_(
-                "listener",
-                format!("must be callable, got {}", describe(listener)),
-            )
-            .into());
-        }
-        self.listeners.lock().push(listener.clone().unbind());
-        Ok(listener.clone())
-    }
-
-    #[pyo3(signature = (listener, /))]
-    fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = listener.py();
-        let registered: Vec<Py<PyAny>> = self
-            .listeners
-            .lock()
-            .iter()
-            .map(|l| l.clone_ref(py))
-            .collect();
-        // Compared with `==` outside the lock: bound methods are equal, never identical.
-        let found = registered
-            .iter()
-            .position(|l| l.bind(py).eq(listener).unwrap_or(false));
-        let removed = found.is_some_and(|index| {
-            let mut listeners = self.listeners.lock();
-            let still_there = listeners.iter().position(|l| l.is(&registered[index]));
-            still_there.map(|i| listeners.remove(i)).is_some()
-        });
-        if !removed {
-            return Err(PyValueError::new_err(format!(
-                "listener: not registered: {}",
-                describe(listener)
-            )));
-        }
-        Ok(())
-    }
-
     fn __repr__(&self, py: Python<'_>) -> String {
         let state = match self.now(py) {
             Ok(now) => self.core.peek_state(now),
@@ -750,15 +609,6 @@ impl BreakerPy {
         visit.call(&self.exclude)?;
         visit.call(&self.fallback)?;
         visit.call(&self.clock)?;
-        if let Some(listeners) = self.listeners.try_lock() {
-            for listener in listeners.iter() {
-                visit.call(listener)?;
-            }
-        }
         Ok(())
-    }
-
-    fn __clear__(&self) {
-        self.listeners.lock().clear();
     }
 }

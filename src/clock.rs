@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
 
 use crate::errors::{type_name, ArgError};
 
@@ -194,6 +195,54 @@ pub fn parse_iso(text: &str) -> Option<i64> {
     Some(from_civil(year, month, day, hour, minute, second)? - offset)
 }
 
+/// What an operator may type for an instant: anything [`parse_iso`] reads, or a bare
+/// `YYYY-MM-DD`, meaning midnight UTC. State files stay with the stricter [`parse_iso`].
+pub fn parse_iso_or_date(text: &str) -> Option<i64> {
+    parse_iso(text).or_else(|| {
+        let b = text.trim().as_bytes();
+        let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2] = *b else {
+            return None;
+        };
+        let digits = [y1, y2, y3, y4, m1, m2, d1, d2];
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value = |ds: &[u8]| {
+            ds.iter()
+                .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+        };
+        let year = i64::from(value(&digits[..4]));
+        if year == 0 {
+            return None;
+        }
+        from_civil(year, value(&digits[4..6]), value(&digits[6..]), 0, 0, 0)
+    })
+}
+
+/// `tidegate._tidegate._parse_iso(text)`: the Unix seconds [`parse_iso_or_date`] reads in
+/// `text`, or `None` when it is not such a date. The instant may lie outside years 1..=9999
+/// (an offset can push it there); the caller decides what that means.
+#[pyfunction(name = "_parse_iso")]
+pub fn parse_iso_py(text: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let Ok(text) = text.cast::<PyString>() else {
+        return Err(
+            ArgError::type_("text", format!("must be a str, got {}", type_name(text))).into(),
+        );
+    };
+    // A str that is not valid UTF-8 (a lone surrogate) is not a date either.
+    Ok(text.to_cow().ok().and_then(|text| parse_iso_or_date(&text)))
+}
+
+/// `tidegate._tidegate._format_iso(value)`: a `datetime` as `YYYY-MM-DDTHH:MM:SSZ` in UTC (a
+/// naive one is UTC; a fraction of a second is dropped). `ValueError` when the instant in UTC
+/// falls outside the years 1 to 9999.
+#[pyfunction(name = "_format_iso")]
+pub fn format_iso_py(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let unix = datetime_seconds(value, "value", false)?;
+    format_iso(unix)
+        .ok_or_else(|| ArgError::value("value", "is outside the years 1 to 9999 in UTC").into())
+}
+
 fn utc(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static UTC_OBJ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let obj = UTC_OBJ.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
@@ -335,6 +384,23 @@ mod tests {
             "1994-11-06T08:49:37+24:00",
         ] {
             assert_eq!(parse_iso(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_operator_may_give_a_bare_date() {
+        assert_eq!(parse_iso_or_date("1994-11-06"), Some(784_080_000));
+        assert_eq!(parse_iso_or_date(" 1994-11-06 "), Some(784_080_000));
+        assert_eq!(parse_iso_or_date("1994-11-06T08:49:37Z"), Some(784_111_777));
+        for bad in [
+            "1994-11-6",
+            "0000-01-01",
+            "1994-02-30",
+            "1994-11-06Z",
+            "19941106",
+            "+994-11-06",
+        ] {
+            assert_eq!(parse_iso_or_date(bad), None, "{bad:?}");
         }
     }
 }

@@ -2,8 +2,41 @@
 
 use std::fmt;
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
-use pyo3::PyErr;
+use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::types::PyAnyMethods;
+use pyo3::{Bound, PyAny, PyErr};
+
+pyo3::create_exception!(
+    tidegate._tidegate,
+    CircuitOpenError,
+    PyException,
+    "A call refused because its circuit breaker is open (or half-open with every probe slot \
+     taken). `breaker` is the breaker; `retry_after` the seconds until a probe is allowed."
+);
+
+/// The `CircuitOpenError` for a call the breaker `name` refused: it is open, or half-open
+/// with every probe slot taken. Carries `breaker` and `retry_after`.
+pub fn circuit_open(
+    breaker: &Bound<'_, PyAny>,
+    name: &str,
+    half_open: bool,
+    retry_after: f64,
+) -> PyErr {
+    let message = if half_open {
+        format!("circuit breaker '{name}' is half-open and its probe calls are all taken")
+    } else {
+        format!("circuit breaker '{name}' is open; retry in {retry_after:.3}s")
+    };
+    let err = CircuitOpenError::new_err(message);
+    let value = err.value(breaker.py());
+    if let Err(failed) = value
+        .setattr("breaker", breaker)
+        .and_then(|()| value.setattr("retry_after", retry_after))
+    {
+        return failed;
+    }
+    err
+}
 
 /// A bad argument: always names the parameter and the value it got.
 #[derive(Debug, Clone, PartialEq, Eq)]

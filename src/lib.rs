@@ -22,13 +22,15 @@ mod _tidegate {
     #[pymodule_export]
     use crate::breaker_py::{BreakerPy, CircuitOpenError};
     #[pymodule_export]
+    use crate::clock::{format_iso_py, parse_iso_py};
+    #[pymodule_export]
     use crate::decide::DecisionCore;
     #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]
     use crate::maintenance::{
-        drain_process_py, process_draining_py, undrain_process_py, MaintenanceStatusPy,
-        MaintenanceSwitchPy,
+        drain_process_py, process_draining_py, undrain_process_py, write_atomic_py,
+        MaintenanceStatusPy, MaintenanceSwitchPy,
     };
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;

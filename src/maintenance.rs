@@ -68,8 +68,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use py::{
-    drain_process_py, prepare_module, process_draining_py, undrain_process_py, MaintenanceStatusPy,
-    MaintenanceSwitchPy,
+    drain_process_py, prepare_module, process_draining_py, undrain_process_py, write_atomic_py,
+    MaintenanceStatusPy, MaintenanceSwitchPy,
 };
 pub use state_file::{State, TooLarge, MAX_DELAY};
 

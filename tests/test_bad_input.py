@@ -887,6 +887,14 @@ CONFIGURATION: dict[str, list[Row]] = {
             ),
         ),
         Row(
+            "result = cli('maintenance', 'on', '--state', 'STATE', '--until', '2999-01-01T12')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --until: not an ISO-8601 "
+                "date and time: '2999-01-01T12' (e.g. 2030-01-01T12:00:00Z) (see tidegate "
+                "maintenance on --help)"
+            ),
+        ),
+        Row(
             (
                 "result = cli('maintenance', 'on', '--state', 'STATE', '--until', "
                 "'2000-01-01T00:00Z')"

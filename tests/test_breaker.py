@@ -1047,6 +1047,41 @@ def test_the_opening_reason_reads_right_in_the_singular_too(
     ]
 
 
+def test_the_core_announces_each_transition_once_and_nothing_else(clock: FakeClock) -> None:
+    announced: list[tuple[str, str, str]] = []
+
+    class Recording(CircuitBreaker):
+        __slots__ = ()
+
+        def _announce(self, old: str, new: str, why: str, /) -> None:
+            announced.append((old, new, why))
+
+    breaker = Recording("db", failure_threshold=2, reset_timeout=5.0, clock=clock)
+    for _ in range(20):
+        assert breaker.call(ok) == 1
+        with breaker:
+            pass
+    assert breaker.state == "closed"
+    assert announced == [], "calls that change nothing announce nothing"
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(fail)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)
+    clock.advance(5.0)
+    with breaker:
+        pass
+    breaker.open()
+    breaker.close()
+    assert announced == [
+        ("closed", "open", "closed -> open (2 consecutive failures), next probe in 5s"),
+        ("open", "half_open", "open -> half_open (reset timeout elapsed)"),
+        ("half_open", "closed", "half_open -> closed (a probe call succeeded)"),
+        ("closed", "open", "closed -> open (set by hand), next probe in 5s"),
+        ("open", "closed", "open -> closed (set by hand)"),
+    ]
+
+
 def test_a_breaker_in_a_reference_cycle_is_collected() -> None:
     class Owner:
         def __init__(self) -> None:

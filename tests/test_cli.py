@@ -93,6 +93,24 @@ def test_until_is_utc_and_must_be_ahead() -> None:
         parse_until("9999-12-31T23:59:59-05:00", now)
 
 
+def test_until_reads_what_a_state_file_reads_plus_a_bare_date(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert parse_until("2099-01-01", now) == datetime(2099, 1, 1, tzinfo=timezone.utc)
+    assert parse_until(" 2099-01-01t12:00:00.75z ", now) == datetime(
+        2099, 1, 1, 12, tzinfo=timezone.utc
+    )
+    # Forms a state file would refuse are refused here too, so what the command accepts is
+    # what every worker reads back.
+    for text in ("2099-01-01T12", "20990101T120000Z", "2099-01-01T12:00+0200", "2099-W01-1"):
+        with pytest.raises(ValueError, match="not an ISO-8601 date and time"):
+            parse_until(text, now)
+    run(capsys, "maintenance", "on", "--state", str(state), "--until", "2099-06-01 14:00-02:30")
+    until = MaintenanceSwitch(state, env_var=None).status().until
+    assert until == datetime(2099, 6, 1, 16, 30, tzinfo=timezone.utc)
+
+
 # -- maintenance on / off / status ---------------------------------------------------------
 
 

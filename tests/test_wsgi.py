@@ -6,6 +6,7 @@ import gc
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -415,6 +416,29 @@ def maintenance_on(**options: Any) -> Any:
     switch = MaintenanceSwitch(env_var=None)
     switch.enable(**options)
     return switch
+
+
+def test_estimated_return_is_an_iso_instant_a_state_file_reads(tmp_path: Path) -> None:
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from tidegate import MaintenanceSwitch
+    from tidegate.responses import ErrorPages
+
+    def returning(moment: datetime) -> str:
+        rendered = ErrorPages().render("maintenance", retry_after=1, estimated_return=moment)
+        text = json.loads(rendered.body)["estimated_return"]
+        assert isinstance(text, str)
+        return text
+
+    # Four-digit years, whole seconds, in UTC: the form the state file stores.
+    early = datetime(999, 3, 4, 5, 6, 7, 890_000, tzinfo=timezone(timedelta(hours=-2)))
+    assert returning(early) == "0999-03-04T07:06:07Z"
+    assert returning(datetime(2031, 6, 1, 14, 0)) == "2031-06-01T14:00:00Z"
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"active": True, "until": returning(early)}))
+    until = MaintenanceSwitch(state, env_var=None).status().until
+    assert until == early.replace(microsecond=0)
 
 
 def test_maintenance_answers_with_message_and_estimated_return(

@@ -20,7 +20,6 @@ else:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_L = TypeVar("_L", bound=Callable[..., object])
 
 __version__: str
 __all__ = [
@@ -38,6 +37,9 @@ __all__ = [
     "ReleasingApp",
     "RetryAfter",
     "__version__",
+    "_format_iso",
+    "_parse_iso",
+    "_write_atomic",
     "drain_process",
     "prefers_html",
     "process_draining",
@@ -186,6 +188,28 @@ def prefers_html(accept: str) -> bool:
     valid UTF-8 (a lone surrogate) is read with replacement characters.
     """
 
+def _parse_iso(text: str) -> int | None:
+    """The Unix seconds of an ISO-8601 date and time, or ``None`` when ``text`` is not one.
+
+    Reads ``YYYY-MM-DDTHH:MM[:SS[.fraction]]`` followed by ``Z``, ``+HH:MM``, ``-HH:MM`` or
+    nothing (UTC), ``T`` or a space between date and time, surrounding whitespace ignored, a
+    fraction of a second dropped: what a state file's ``until`` may hold. A bare
+    ``YYYY-MM-DD`` is midnight UTC. The instant may lie outside the years 1 to 9999 (an offset
+    can push it there); the caller decides what that means.
+    """
+
+def _format_iso(value: datetime) -> str:
+    """``value`` as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC, as a state file stores it: a naive
+    datetime is UTC, a fraction of a second is dropped. ``ValueError`` when the instant, in
+    UTC, falls outside the years 1 to 9999."""
+
+def _write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file at ``path`` with ``data`` the way a state file is written: a reader
+    sees the old file or the new one, never a part. The bytes go to a new temporary file in
+    the same folder, are flushed to disk and renamed over ``path``; the result has mode
+    0o644 whatever the umask. Runs without the GIL. ``OSError`` saying what failed; ``path``
+    is left as it was then."""
+
 #: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips the gate.
 EXEMPT_GATE: int
 #: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips maintenance.
@@ -317,9 +341,9 @@ class CircuitBreaker:
     process's monotonic clock (for tests). Every bad argument is a ``ValueError`` or
     ``TypeError`` naming the parameter.
 
-    Transitions are logged on the ``tidegate`` logger (warning when opening, info otherwise)
-    and passed to listeners (see ``add_listener``). ``tidegate.CircuitBreaker`` adds the
-    decorator form.
+    This class is the state machine; ``tidegate.CircuitBreaker`` subclasses it and adds the
+    ``with`` and decorator forms, logging on the ``tidegate`` logger (warning when opening,
+    info otherwise) and listeners (``add_listener``). Use that one.
     """
 
     def __new__(
@@ -347,21 +371,19 @@ class CircuitBreaker:
         the function's own exceptions propagate after being counted.
         """
 
-    def __enter__(self) -> Self:
-        """Admit the block or raise ``CircuitOpenError`` (``fallback`` cannot apply here).
+    def _enter(self) -> object:
+        """Admit a ``with`` block: the admission to hand to ``_exit``, or ``CircuitOpenError``
+        (``fallback`` cannot apply here). An admission garbage-collected before ``_exit``
+        settles as neither success nor failure."""
 
-        The same breaker may be entered by many threads, greenlets or tasks at once; each
-        ``__exit__`` settles the admission its own context made.
-        """
+    def _exit(self, ticket: object, exc: BaseException | None, /) -> None:
+        """Settle what ``_enter`` admitted: a success when ``exc`` is None, otherwise counted
+        as ``call`` counts an exception. ``ValueError`` for another breaker's admission."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> bool:
-        """Count the block's outcome. Never suppresses the exception."""
+    def _announce(self, old: str, new: str, why: str, /) -> None:
+        """Called after every transition with no lock held, with the old and new state and
+        why (``"closed -> open (5 consecutive failures), next probe in 30s"``). Does nothing
+        here; what it raises propagates from the call that caused the transition."""
 
     @property
     def name(self) -> str: ...
@@ -426,20 +448,6 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Same as ``close()``."""
-
-    def add_listener(self, listener: _L, /) -> _L:
-        """Call ``listener(breaker, old_state, new_state)`` after every transition, from the
-        thread that caused it, with no lock held. Returns ``listener`` (usable as a
-        decorator).
-
-        A listener is for observing: one raising an ``Exception`` is logged on the
-        ``tidegate`` logger (with its traceback) and the next listener runs. Any other
-        ``BaseException`` (``KeyboardInterrupt``) propagates from the call that caused the
-        transition, but only once the breaker is consistent: a call admitted as that
-        transition happened does not run and gives its probe slot back."""
-
-    def remove_listener(self, listener: Callable[..., object], /) -> None:
-        """Forget a listener (compared with ``==``); ``ValueError`` if it is not registered."""
 
 @final
 class MaintenanceSwitch:

@@ -12,11 +12,11 @@ import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-from tidegate._tidegate import prefers_html
+from tidegate._tidegate import _format_iso, prefers_html
 
 __all__ = [
     "DEFAULT_MESSAGES",
@@ -95,11 +95,7 @@ class Rendered:
 
 def iso_utc(value: datetime | None) -> str | None:
     """``value`` as an ISO-8601 UTC string (``...Z``); a naive datetime is UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else _format_iso(value)
 
 
 def status_url_problem(url: str) -> str | None:

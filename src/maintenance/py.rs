@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyString};
+use pyo3::types::{PyBool, PyBytes, PyString};
 
-use super::{ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
+use super::{state_file, ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
 use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
 use crate::errors::{describe, int_beyond_float, io_error, type_name, whole_number, ArgError};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
@@ -269,6 +269,27 @@ fn extract_retry_after(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>
 #[pyfunction(name = "drain_process")]
 pub fn drain_process_py() {
     super::drain_process();
+}
+
+/// `tidegate._tidegate._write_atomic(path, data)`: replaces the file at `path` with `data` the
+/// way a state file is written (`state_file::write_atomic`), without the GIL.
+#[pyfunction(name = "_write_atomic")]
+pub fn write_atomic_py(path: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let target: PathBuf = path.extract().map_err(|_| {
+        ArgError::type_(
+            "path",
+            format!("must be a str or os.PathLike, got {}", type_name(path)),
+        )
+    })?;
+    let Ok(data) = data.cast::<PyBytes>() else {
+        return Err(
+            ArgError::type_("data", format!("must be bytes, got {}", type_name(data))).into(),
+        );
+    };
+    let bytes = data.as_bytes();
+    path.py()
+        .detach(|| state_file::write_atomic(&target, bytes))
+        .map_err(|err| io_error("write", &target, &err))
 }
 
 /// `tidegate.undrain_process()`: ends `drain_process()`.
