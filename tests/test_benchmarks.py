@@ -58,3 +58,18 @@ def test_gunicorn_cost_prints_every_candidate() -> None:
     assert "x the throughput of the bare app" in output
     assert "x the throughput of the static 503" in output
     assert "Load generator at the busiest run" in output
+
+
+def test_request_cost_prints_every_candidate_and_target() -> None:
+    output = run_quick("request_cost.py")
+    for label in (
+        "careful pure-Python gate",
+        "tidegate middleware",
+        "two empty Flask hooks",
+        "seed Flask hooks",
+        "tidegate Flask extension",
+        "tidegate Flask extension: 503",
+    ):
+        assert len(table_row(output, label)) >= 1, label
+    assert "(target <= 0.25)" in output and "(target <= 0.50)" in output
+    assert output.rstrip().splitlines()[-1] in ("targets met", "TARGETS MISSED")
