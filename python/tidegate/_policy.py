@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from typing_extensions import Unpack
 
-__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy"]
+__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy", "PolicyParts"]
 
 #: Paths never gated nor put in maintenance unless ``exempt_paths`` says otherwise.
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
@@ -327,3 +327,19 @@ class Policy:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             return address.ipv4_mapped
         return address
+
+
+class PolicyParts:
+    """The parts every adapter shows its users, read off its :class:`Policy`."""
+
+    policy: Policy
+
+    @property
+    def gate(self) -> Any:
+        """The :class:`~tidegate.CapacityGate` in use, or ``None``."""
+        return self.policy.gate
+
+    @property
+    def maintenance(self) -> Any:
+        """The :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
+        return self.policy.maintenance

@@ -23,7 +23,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
 from tidegate._options import FLASK_CONFIG_KEYS, Options, signature_with_options, unknown_option
-from tidegate._policy import Policy
+from tidegate._policy import Policy, PolicyParts
 from tidegate._tidegate import (
     EXEMPT_GATE,
     EXEMPT_MAINTENANCE,
@@ -48,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
-class TideGateState:
+class TideGateState(PolicyParts):
     """Per-app state, found at ``app.extensions["tidegate"]``."""
 
     extension: TideGate
@@ -57,16 +57,6 @@ class TideGateState:
     #: view function -> ``EXEMPT_*`` flags for the decision core.
     exempt_views: dict[Callable[..., Any], int] = field(default_factory=dict)
     own_503_handler: bool | None = None
-
-    @property
-    def gate(self) -> Any:
-        """The app's :class:`~tidegate.CapacityGate`, or ``None``."""
-        return self.policy.gate
-
-    @property
-    def maintenance(self) -> Any:
-        """The app's :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
-        return self.policy.maintenance
 
 
 def _to_response(rendered: Rendered) -> Response:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tidegate._options import Options, signature_with_options
-from tidegate._policy import DEFAULT_HEALTH_PATHS, Policy
+from tidegate._policy import DEFAULT_HEALTH_PATHS, Policy, PolicyParts
 from tidegate._tidegate import MiddlewareCore
 from tidegate.responses import Rendered
 
@@ -32,7 +32,7 @@ def _dependency_errors() -> tuple[type[Exception], ...]:
     return (CircuitOpenError,)
 
 
-class TideGateMiddleware(MiddlewareCore):
+class TideGateMiddleware(PolicyParts, MiddlewareCore):
     """Wraps a WSGI app with tidegate's 503 handling. Options are keyword-only:
 
     - ``limit=N`` or ``gate=CapacityGate(...)``: at most that many requests in the app at once;
@@ -72,16 +72,6 @@ class TideGateMiddleware(MiddlewareCore):
             inspect.Parameter("app", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         ]
     )
-
-    @property
-    def gate(self) -> Any:
-        """The :class:`~tidegate.CapacityGate` in use, or ``None``."""
-        return self.policy.gate
-
-    @property
-    def maintenance(self) -> Any:
-        """The :class:`~tidegate.MaintenanceSwitch` (``None`` with ``maintenance=False``)."""
-        return self.policy.maintenance
 
     def _start_dependency(
         self, environ: WSGIEnvironment, start_response: StartResponse, error: BaseException
