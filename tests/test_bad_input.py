@@ -649,6 +649,10 @@ CONFIGURATION: dict[str, list[Row]] = {
     "TideGateMiddleware": [
         Row("TideGateMiddleware(5)", "TypeError: app: must be a WSGI callable, got 5"),
         Row(
+            "TideGateMiddleware(app, limt=8)",
+            "TypeError: TideGateMiddleware: unknown option 'limt'",
+        ),
+        Row(
             "TideGateMiddleware(app, limit=0)",
             "ValueError: limit: must be an integer >= 1, got 0",
         ),
