@@ -331,5 +331,49 @@ pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> P
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))
 }
 
+/// An I/O failure with no path to name (a switch without a state file): the `OSError` says
+/// only what the system said.
+pub fn io_error_without_path(err: &std::io::Error) -> PyErr {
+    PyOSError::new_err(err.to_string())
+}
+
+/// A WSGI call with other than the two arguments `(environ, start_response)`.
+pub fn wsgi_arity(got: usize) -> PyErr {
+    PyTypeError::new_err(format!(
+        "a WSGI app takes (environ, start_response), got {got} arguments"
+    ))
+}
+
+/// An instant outside the years 1 to 9999, which a Python `datetime` cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeyondDatetime {
+    /// Unix seconds asked for as a `datetime`.
+    Instant(i64),
+    /// A `Retry-After` resolved to an instant, described as `now + N seconds` or its date.
+    When(String),
+}
+
+impl fmt::Display for BeyondDatetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BeyondDatetime::Instant(unix) => {
+                write!(f, "instant {unix} is outside the years 1 to 9999")
+            }
+            BeyondDatetime::When(what) => write!(
+                f,
+                "{what} is outside the years 1 to 9999 that a datetime can hold"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BeyondDatetime {}
+
+impl From<BeyondDatetime> for PyErr {
+    fn from(err: BeyondDatetime) -> PyErr {
+        PyValueError::new_err(err.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyString;
 
 use super::{format_iso, from_civil, parse_iso_or_date, to_civil, MAX_UNIX, MIN_UNIX};
-use crate::errors::{type_name, ArgError};
+use crate::errors::{type_name, ArgError, BeyondDatetime};
 
 /// `tidegate._tidegate._parse_iso(text)`: the Unix seconds [`parse_iso_or_date`] reads in
 /// `text`, or `None` when it is not such a date. The instant may lie outside years 1..=9999
@@ -106,9 +106,7 @@ pub fn datetime_seconds(
 /// An aware UTC `datetime` for Unix seconds; `ValueError` outside years 1..=9999.
 pub fn unix_to_datetime(py: Python<'_>, unix: i64) -> PyResult<Bound<'_, PyAny>> {
     if !(MIN_UNIX..=MAX_UNIX).contains(&unix) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "instant {unix} is outside the years 1 to 9999"
-        )));
+        return Err(BeyondDatetime::Instant(unix).into());
     }
     let c = to_civil(unix);
     py.import("datetime")?.getattr("datetime")?.call1((

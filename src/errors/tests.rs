@@ -55,3 +55,15 @@ fn saturation_pins_huge_values_to_the_ends() {
     assert_eq!(huge(false).saturated(), i128::MAX);
     assert_eq!(huge(true).saturated(), i128::MIN);
 }
+
+#[test]
+fn an_instant_a_datetime_cannot_hold_is_named_in_the_message() {
+    assert_eq!(
+        BeyondDatetime::Instant(253_402_300_800).to_string(),
+        "instant 253402300800 is outside the years 1 to 9999"
+    );
+    assert_eq!(
+        BeyondDatetime::When("now + 10 seconds".to_owned()).to_string(),
+        "now + 10 seconds is outside the years 1 to 9999 that a datetime can hold"
+    );
+}

@@ -1,13 +1,12 @@
 //! The Python face of `Retry-After`: the `RetryAfter` class, argument conversion around the
 //! plain functions of `crate::retry_after`.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use super::{parse, RetryAfter, RetryAfterError};
 use crate::clock;
-use crate::errors::{describe, type_name, ArgError};
+use crate::errors::{describe, type_name, ArgError, BeyondDatetime};
 
 /// When a client may come back after a 503.
 #[pyclass(name = "RetryAfter", module = "tidegate._tidegate", frozen, eq, hash)]
@@ -137,9 +136,7 @@ impl RetryAfterPy {
                 RetryAfter::Delay(secs) => format!("now + {secs} seconds"),
                 RetryAfter::Date(_) => self.value.header_value(),
             };
-            return Err(PyValueError::new_err(format!(
-                "{what} is outside the years 1 to 9999 that a datetime can hold"
-            )));
+            return Err(BeyondDatetime::When(what).into());
         }
         clock::unix_to_datetime(py, unix)
     }
