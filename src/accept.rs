@@ -1,31 +1,8 @@
 //! Content negotiation for the 503 body: JSON unless the client's `Accept` prefers HTML.
 
-use pyo3::prelude::*;
-use pyo3::types::PyString;
+mod py;
 
-use crate::errors::ArgError;
-
-/// Whether an `Accept` header value ranks `text/html` above `application/json`.
-///
-/// Any `str` is accepted: one that cannot be UTF-8 (a lone surrogate) is read with
-/// replacement characters rather than raising into a request.
-#[pyfunction(name = "prefers_html")]
-pub fn prefers_html_py(accept: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let Ok(text) = accept.cast::<PyString>() else {
-        let kind = accept.get_type().name()?;
-        return Err(ArgError::type_("accept", format!("must be a str, got {kind}")).into());
-    };
-    Ok(str_prefers_html(text))
-}
-
-/// `prefers_html` for a Python `str`; one that is not valid UTF-8 (a lone surrogate) is read
-/// with replacement characters, so every caller answers the same for the same value.
-pub fn str_prefers_html(accept: &Bound<'_, PyString>) -> bool {
-    match accept.to_cow() {
-        Ok(text) => prefers_html(&text),
-        Err(_) => prefers_html(&accept.to_string_lossy()),
-    }
-}
+pub use py::{prefers_html_py, str_prefers_html};
 
 /// True when `accept` (an `Accept` header value) ranks `text/html` above `application/json`.
 ///
@@ -93,33 +70,4 @@ fn parse_q(text: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn browsers_get_html_and_api_clients_get_json() {
-        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
-        assert!(prefers_html(firefox));
-        assert!(prefers_html("text/*"));
-        assert!(!prefers_html(""));
-        assert!(!prefers_html("*/*"));
-        assert!(!prefers_html("application/json"));
-        assert!(
-            !prefers_html("application/json, text/html"),
-            "a tie goes to json"
-        );
-        assert!(prefers_html("application/json;q=0.5, text/html"));
-        assert!(!prefers_html("text/html;q=0, */*"));
-        assert!(!prefers_html("text/html;q=0.4, application/*;q=0.5"));
-    }
-
-    #[test]
-    fn malformed_ranges_are_ignored() {
-        assert!(!prefers_html("text/html;q=2"));
-        assert!(!prefers_html("text/html;q=0.1234"));
-        assert!(!prefers_html("html"));
-        assert!(!prefers_html(";;;,,,/"));
-        assert!(prefers_html("garbage, text/html"));
-        assert!(!prefers_html("\u{fffd}/\u{fffd};q=\u{fffd}"));
-    }
-}
+mod tests;

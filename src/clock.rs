@@ -1,15 +1,16 @@
-//! Calendar arithmetic on Unix seconds (UTC), and the bridge to Python's `datetime`.
+//! Calendar arithmetic on Unix seconds (UTC); `py` is the bridge to Python's `datetime`.
 //!
 //! Everything in the core keeps instants as whole Unix seconds; these helpers turn them into
 //! civil dates and back without a date library, so every range check is ours to make.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
+mod py;
 
-use crate::errors::{type_name, ArgError};
+pub use py::{
+    datetime_micros, datetime_seconds, datetime_type, format_iso_py, parse_iso_py, timedelta_parts,
+    unix_to_datetime,
+};
 
 /// The first and last instants a four-digit year can name (0001-01-01 .. 9999-12-31 23:59:59).
 pub const MIN_UNIX: i64 = -62_135_596_800;
@@ -219,188 +220,5 @@ pub fn parse_iso_or_date(text: &str) -> Option<i64> {
     })
 }
 
-/// `tidegate._tidegate._parse_iso(text)`: the Unix seconds [`parse_iso_or_date`] reads in
-/// `text`, or `None` when it is not such a date. The instant may lie outside years 1..=9999
-/// (an offset can push it there); the caller decides what that means.
-#[pyfunction(name = "_parse_iso")]
-pub fn parse_iso_py(text: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
-    let Ok(text) = text.cast::<PyString>() else {
-        return Err(
-            ArgError::type_("text", format!("must be a str, got {}", type_name(text))).into(),
-        );
-    };
-    // A str that is not valid UTF-8 (a lone surrogate) is not a date either.
-    Ok(text.to_cow().ok().and_then(|text| parse_iso_or_date(&text)))
-}
-
-/// `tidegate._tidegate._format_iso(value)`: a `datetime` as `YYYY-MM-DDTHH:MM:SSZ` in UTC (a
-/// naive one is UTC; a fraction of a second is dropped). `ValueError` when the instant in UTC
-/// falls outside the years 1 to 9999.
-#[pyfunction(name = "_format_iso")]
-pub fn format_iso_py(value: &Bound<'_, PyAny>) -> PyResult<String> {
-    let unix = datetime_seconds(value, "value", false)?;
-    format_iso(unix)
-        .ok_or_else(|| ArgError::value("value", "is outside the years 1 to 9999 in UTC").into())
-}
-
-fn utc(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static UTC_OBJ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let obj = UTC_OBJ.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py
-            .import("datetime")?
-            .getattr("timezone")?
-            .getattr("utc")?
-            .unbind())
-    })?;
-    Ok(obj.bind(py))
-}
-
-/// A class of the `datetime` module, such as `"datetime"` or `"timedelta"`.
-pub fn datetime_type<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    py.import("datetime")?.getattr(name)
-}
-
-/// Whole seconds (floored) and the microseconds of a `timedelta`.
-pub fn timedelta_parts(delta: &Bound<'_, PyAny>) -> PyResult<(i64, u32)> {
-    let days: i64 = delta.getattr("days")?.extract()?;
-    let seconds: i64 = delta.getattr("seconds")?.extract()?;
-    let micros: u32 = delta.getattr("microseconds")?.extract()?;
-    Ok((days * 86_400 + seconds, micros))
-}
-
-/// Exact Unix microseconds of a `datetime`; a naive one is UTC. `TypeError` naming `param`
-/// for anything that is not a `datetime.datetime`.
-pub fn datetime_micros(value: &Bound<'_, PyAny>, param: &'static str) -> PyResult<i128> {
-    if !value.is_instance(&datetime_type(value.py(), "datetime")?)? {
-        return Err(ArgError::type_(
-            param,
-            format!("expected a datetime.datetime, got {}", type_name(value)),
-        )
-        .into());
-    }
-    let field = |name: &str| -> PyResult<u32> { value.getattr(name)?.extract() };
-    let year: i64 = value.getattr("year")?.extract()?;
-    let local = from_civil(
-        year,
-        field("month")?,
-        field("day")?,
-        field("hour")?,
-        field("minute")?,
-        field("second")?,
-    )
-    .ok_or_else(|| ArgError::value(param, "not a valid date"))?;
-    let offset = value.call_method0("utcoffset")?;
-    let offset_micros = if offset.is_none() {
-        0
-    } else {
-        let (whole, micros) = timedelta_parts(&offset)?;
-        i128::from(whole) * 1_000_000 + i128::from(micros)
-    };
-    Ok(i128::from(local) * 1_000_000 + i128::from(field("microsecond")?) - offset_micros)
-}
-
-/// Unix seconds of a `datetime` (naive = UTC), a fraction rounded up (`ceil`) or down.
-pub fn datetime_seconds(
-    value: &Bound<'_, PyAny>,
-    param: &'static str,
-    ceil: bool,
-) -> PyResult<i64> {
-    let micros = datetime_micros(value, param)?;
-    let mut secs = micros.div_euclid(1_000_000);
-    if ceil && micros.rem_euclid(1_000_000) > 0 {
-        secs += 1;
-    }
-    // A datetime spans years 1 to 9999, far inside i64 seconds.
-    Ok(i64::try_from(secs).unwrap_or(i64::MAX))
-}
-
-/// An aware UTC `datetime` for Unix seconds; `ValueError` outside years 1..=9999.
-pub fn unix_to_datetime(py: Python<'_>, unix: i64) -> PyResult<Bound<'_, PyAny>> {
-    if !(MIN_UNIX..=MAX_UNIX).contains(&unix) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "instant {unix} is outside the years 1 to 9999"
-        )));
-    }
-    let c = to_civil(unix);
-    py.import("datetime")?.getattr("datetime")?.call1((
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        c.minute,
-        c.second,
-        0,
-        utc(py)?,
-    ))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_round_trips_over_the_whole_range() {
-        for days in (days_from_civil(1, 1, 1)..=days_from_civil(9999, 12, 31)).step_by(97) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(to_civil(MIN_UNIX).year, 1);
-        assert_eq!(to_civil(MAX_UNIX), to_civil(MAX_UNIX));
-        assert_eq!(
-            format_iso(MAX_UNIX).as_deref(),
-            Some("9999-12-31T23:59:59Z")
-        );
-        assert_eq!(format_iso(MAX_UNIX + 1), None);
-    }
-
-    #[test]
-    fn known_instants() {
-        // RFC 9110's example date.
-        assert_eq!(from_civil(1994, 11, 6, 8, 49, 37), Some(784_111_777));
-        assert_eq!(weekday(784_111_777 / 86_400), 6, "a Sunday");
-        assert_eq!(from_civil(2023, 2, 29, 0, 0, 0), None);
-        assert_eq!(
-            from_civil(2024, 2, 29, 0, 0, 0).map(format_iso),
-            Some(Some("2024-02-29T00:00:00Z".into()))
-        );
-    }
-
-    #[test]
-    fn iso_parsing() {
-        assert_eq!(parse_iso("1994-11-06T08:49:37Z"), Some(784_111_777));
-        assert_eq!(parse_iso("1994-11-06T09:49:37+01:00"), Some(784_111_777));
-        assert_eq!(parse_iso("1994-11-06 08:49:37.123456"), Some(784_111_777));
-        assert_eq!(parse_iso("1994-11-06T08:49Z"), Some(784_111_740));
-        for bad in [
-            "",
-            "1994-11-06",
-            "1994-13-06T08:49:37Z",
-            "1994-11-06T08:49:37+1",
-            "x994-11-06T08:49:37Z",
-            "1994-11-06T08:49:37Zjunk",
-            "0000-01-01T00:00:00Z",
-            "1994-11-06T08:49:37.Z",
-            "1994-11-06T08:49:37+24:00",
-        ] {
-            assert_eq!(parse_iso(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn an_operator_may_give_a_bare_date() {
-        assert_eq!(parse_iso_or_date("1994-11-06"), Some(784_080_000));
-        assert_eq!(parse_iso_or_date(" 1994-11-06 "), Some(784_080_000));
-        assert_eq!(parse_iso_or_date("1994-11-06T08:49:37Z"), Some(784_111_777));
-        for bad in [
-            "1994-11-6",
-            "0000-01-01",
-            "1994-02-30",
-            "1994-11-06Z",
-            "19941106",
-            "+994-11-06",
-        ] {
-            assert_eq!(parse_iso_or_date(bad), None, "{bad:?}");
-        }
-    }
-}
+mod tests;

@@ -331,63 +331,49 @@ pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> P
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// An I/O failure with no path to name (a switch without a state file): the `OSError` says
+/// only what the system said.
+pub fn io_error_without_path(err: &std::io::Error) -> PyErr {
+    PyOSError::new_err(err.to_string())
+}
 
-    fn huge(negative: bool) -> WholeNumber {
-        let digits = format!("1{}", "0".repeat(40));
-        let shown = if negative {
-            format!("-{digits}")
-        } else {
-            digits
-        };
-        WholeNumber::Huge { negative, shown }
-    }
+/// A WSGI call with other than the two arguments `(environ, start_response)`.
+pub fn wsgi_arity(got: usize) -> PyErr {
+    PyTypeError::new_err(format!(
+        "a WSGI app takes (environ, start_response), got {got} arguments"
+    ))
+}
 
-    #[test]
-    fn a_whole_number_in_range_comes_back_in_the_type_asked_for() {
-        assert_eq!(WholeNumber::Exact(7).at_least::<u32>("n", 1), Ok(7_u32));
-        assert_eq!(WholeNumber::Exact(0).at_least::<u64>("n", 0), Ok(0_u64));
-        let max = i128::from(u32::MAX);
-        assert_eq!(
-            WholeNumber::Exact(max).at_least::<u32>("n", 1),
-            Ok(u32::MAX)
-        );
-    }
+/// An instant outside the years 1 to 9999, which a Python `datetime` cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeyondDatetime {
+    /// Unix seconds asked for as a `datetime`.
+    Instant(i64),
+    /// A `Retry-After` resolved to an instant, described as `now + N seconds` or its date.
+    When(String),
+}
 
-    #[test]
-    fn out_of_range_is_a_value_error_naming_the_parameter_and_the_value() {
-        let cases = [
-            (
-                WholeNumber::Exact(0),
-                "n: must be an integer >= 1, got 0".to_owned(),
+impl fmt::Display for BeyondDatetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BeyondDatetime::Instant(unix) => {
+                write!(f, "instant {unix} is outside the years 1 to 9999")
+            }
+            BeyondDatetime::When(what) => write!(
+                f,
+                "{what} is outside the years 1 to 9999 that a datetime can hold"
             ),
-            (
-                WholeNumber::Exact(-3),
-                "n: must be an integer >= 1, got -3".to_owned(),
-            ),
-            (
-                WholeNumber::Exact(i128::from(u32::MAX) + 1),
-                "n: is too large: 4294967296".to_owned(),
-            ),
-            (huge(false), format!("n: is too large: 1{}", "0".repeat(40))),
-            (
-                huge(true),
-                format!("n: must be an integer >= 1, got -1{}", "0".repeat(40)),
-            ),
-        ];
-        for (number, message) in cases {
-            let err = number.at_least::<u32>("n", 1).expect_err("out of range");
-            assert!(matches!(err, ArgError::Value { param: "n", .. }), "{err:?}");
-            assert_eq!(err.to_string(), message);
         }
     }
+}
 
-    #[test]
-    fn saturation_pins_huge_values_to_the_ends() {
-        assert_eq!(WholeNumber::Exact(-5).saturated(), -5);
-        assert_eq!(huge(false).saturated(), i128::MAX);
-        assert_eq!(huge(true).saturated(), i128::MIN);
+impl std::error::Error for BeyondDatetime {}
+
+impl From<BeyondDatetime> for PyErr {
+    fn from(err: BeyondDatetime) -> PyErr {
+        PyValueError::new_err(err.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;

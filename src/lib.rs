@@ -2,7 +2,6 @@
 
 pub mod accept;
 pub mod breaker;
-pub mod breaker_py;
 pub mod clock;
 pub mod decide;
 pub mod errors;
@@ -20,7 +19,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::accept::prefers_html_py;
     #[pymodule_export]
-    use crate::breaker_py::{BreakerPy, CircuitOpenError};
+    use crate::breaker::{BreakerPy, CircuitOpenError};
     #[pymodule_export]
     use crate::clock::{format_iso_py, parse_iso_py};
     #[pymodule_export]
@@ -40,7 +39,7 @@ mod _tidegate {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        crate::breaker_py::prepare_module(m)?;
+        crate::breaker::prepare_module(m)?;
         crate::maintenance::prepare_module(m)?;
         m.add("EXEMPT_GATE", crate::decide::EXEMPT_GATE)?;
         m.add("EXEMPT_MAINTENANCE", crate::decide::EXEMPT_MAINTENANCE)?;

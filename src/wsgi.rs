@@ -9,13 +9,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::decide::{header_list, lookup, take_permit, Decider, OverloadRenditions, Verdict};
-use crate::errors::config_error;
+use crate::errors::{config_error, wsgi_arity};
 use crate::gate::{Gate, GatePy};
 use crate::maintenance::MaintenanceSwitchPy;
 
@@ -79,10 +78,7 @@ impl MiddlewareCore {
             return Err(config_error("the middleware was not configured"));
         };
         if args.len() != 2 {
-            return Err(PyTypeError::new_err(format!(
-                "a WSGI app takes (environ, start_response), got {} arguments",
-                args.len()
-            )));
+            return Err(wsgi_arity(args.len()));
         }
         let environ = args.get_borrowed_item(0)?;
         let environ_dict = environ.cast::<PyDict>().ok();

@@ -11,7 +11,9 @@ use pyo3::types::{PyBool, PyBytes, PyString};
 
 use super::{state_file, ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
 use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
-use crate::errors::{describe, int_beyond_float, io_error, type_name, whole_number, ArgError};
+use crate::errors::{
+    describe, int_beyond_float, io_error, io_error_without_path, type_name, whole_number, ArgError,
+};
 use crate::retry_after::{RetryAfter, RetryAfterPy};
 
 /// Set once the interpreter starts to shut down; held for reading while a thread of ours that
@@ -325,7 +327,7 @@ impl MaintenanceSwitchPy {
             }
             ChangeError::Io(err) => match &core.config().state_file {
                 Some(path) => io_error(action, path, &err),
-                None => pyo3::exceptions::PyOSError::new_err(err.to_string()),
+                None => io_error_without_path(&err),
             },
         })
     }

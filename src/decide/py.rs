@@ -1,0 +1,175 @@
+//! `DecisionCore`, the decision as Python's framework adapters (the Flask hooks, the Django
+//! middleware) call it: configuration, the before-request hook and the permit's way back.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use super::{take_permit, Decider, OverloadRenditions, Verdict, PERMIT_KEY};
+use crate::errors::config_error;
+use crate::gate::{GatePy, PermitPy};
+use crate::maintenance::MaintenanceSwitchPy;
+
+/// The decision for frameworks that build their own response objects (the Flask hooks, the
+/// Django middleware). Python's adapters subclass it and configure it once.
+///
+/// `decide(environ, exempt)` returns `None` to let the request through, or the `Rendered` to
+/// answer with. An admitted request's permit is kept in the environ (Flask's and Django's
+/// request objects each have their own), and `release(environ)` gives it back, exactly once;
+/// `hand_over(environ)` takes it out for a streamed body to release when it is closed.
+#[pyclass(module = "tidegate._tidegate", frozen, subclass)]
+pub struct DecisionCore {
+    decider: std::sync::OnceLock<Decider>,
+    hooks: std::sync::OnceLock<Hooks>,
+}
+
+/// What `before()` needs to act as a framework's before-request hook: how to find the current
+/// request's environ, which views are exempt, and how to answer.
+struct Hooks {
+    /// Called without arguments; `attrs` are then read off its result in turn to reach the
+    /// environ (for Flask: the request context variable's `get`, then `request.environ`).
+    context: Py<PyAny>,
+    attrs: Vec<Py<PyString>>,
+    /// view -> `EXEMPT_*` flags; while it is empty `exempt_of` is never called.
+    exempt_views: Py<PyDict>,
+    /// `() -> int`: the flags of the current request's view.
+    exempt_of: Py<PyAny>,
+    /// `(Rendered) -> response`: the framework's response for an answer of ours.
+    on_answer: Py<PyAny>,
+}
+
+#[pymethods]
+impl DecisionCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            decider: std::sync::OnceLock::new(),
+            hooks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets everything the decision needs; callable once.
+    #[pyo3(signature = (*, gate, maintenance, routes, on_maintenance, overload))]
+    fn _configure(
+        &self,
+        py: Python<'_>,
+        gate: Option<PyRef<'_, GatePy>>,
+        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
+        routes: Py<PyDict>,
+        on_maintenance: Py<PyAny>,
+        overload: OverloadRenditions,
+    ) -> PyResult<()> {
+        let decider = Decider::new(py, gate, maintenance, routes, on_maintenance, overload)?;
+        self.decider
+            .set(decider)
+            .map_err(|_| config_error("the decision is already configured"))
+    }
+
+    /// `None` to go on (an admitted request's permit is now in `environ`), or the `Rendered`
+    /// to answer with.
+    #[pyo3(signature = (environ, exempt=0))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyDict>,
+        exempt: u8,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let decider = self.configured()?;
+        Ok(
+            match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
+                Verdict::Admit(None) => None,
+                Verdict::Admit(Some(gate)) => {
+                    let permit = Bound::new(py, PermitPy::new(gate))?;
+                    environ.set_item(intern!(py, PERMIT_KEY), permit)?;
+                    None
+                }
+                Verdict::Answer(rendered) => Some(rendered.unbind()),
+                Verdict::Shed { variant, html } => {
+                    let rendition = if html { &variant.html } else { &variant.json };
+                    Some(rendition.rendered.clone_ref(py))
+                }
+            },
+        )
+    }
+
+    /// Makes `before()` usable as a framework's before-request hook.
+    #[pyo3(signature = (*, context, attrs, exempt_views, exempt_of, on_answer))]
+    fn _bind_hooks(
+        &self,
+        context: Py<PyAny>,
+        attrs: Vec<Py<PyString>>,
+        exempt_views: Py<PyDict>,
+        exempt_of: Py<PyAny>,
+        on_answer: Py<PyAny>,
+    ) -> PyResult<()> {
+        let hooks = Hooks {
+            context,
+            attrs,
+            exempt_views,
+            exempt_of,
+            on_answer,
+        };
+        self.hooks
+            .set(hooks)
+            .map_err(|_| config_error("the hooks are already bound"))
+    }
+
+    /// The before-request hook: `None` to go on, or the framework's response for an answer
+    /// of ours.
+    fn before(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let hooks = self.bound_hooks()?;
+        let environ = hooks.environ(py)?;
+        let exempt = if hooks.exempt_views.bind(py).is_empty() {
+            0
+        } else {
+            hooks.exempt_of.bind(py).call0()?.extract::<u8>()?
+        };
+        match self.decide(py, &environ, exempt)? {
+            None => Ok(None),
+            Some(rendered) => Ok(Some(hooks.on_answer.bind(py).call1((rendered,))?.unbind())),
+        }
+    }
+
+    /// Gives back the permit `decide` left in `environ`, if it is still there.
+    fn release(&self, py: Python<'_>, environ: &Bound<'_, PyDict>) -> PyResult<()> {
+        if let Some(permit) = take_permit(py, environ)? {
+            permit.get().release_once();
+        }
+        Ok(())
+    }
+
+    /// Takes the permit out of `environ` for a streamed body: the body's close gives it back
+    /// (call `release()` on what this returns); `None` when the request holds none.
+    fn hand_over<'py>(
+        &self,
+        py: Python<'py>,
+        environ: &Bound<'py, PyDict>,
+    ) -> PyResult<Option<Bound<'py, PermitPy>>> {
+        take_permit(py, environ)
+    }
+}
+
+impl Hooks {
+    fn environ<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut found = self.context.bind(py).call0()?;
+        for attr in &self.attrs {
+            found = found.getattr(attr.bind(py))?;
+        }
+        Ok(found.cast_into::<PyDict>()?)
+    }
+}
+
+impl DecisionCore {
+    fn bound_hooks(&self) -> PyResult<&Hooks> {
+        self.hooks
+            .get()
+            .ok_or_else(|| config_error("the hooks were not bound"))
+    }
+
+    fn configured(&self) -> PyResult<&Decider> {
+        self.decider
+            .get()
+            .ok_or_else(|| config_error("the decision was not configured"))
+    }
+}
