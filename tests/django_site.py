@@ -18,7 +18,8 @@ Every response leaving ``application`` carries the answering worker's pid in
 - ``/boom``: raises :class:`Boom`.
 - ``/status`` (``@exempt``), ``/gated-only`` (``@exempt(maintenance=False)``),
   ``/maintenance-only`` (``@exempt(gate=False)``), ``/class-view`` (a class-based view whose
-  class is marked ``@exempt``): each answers its own name.
+  class is marked ``@exempt``), ``/dispatch-view`` (one whose ``dispatch`` is, through
+  ``method_decorator``): each answers its own name.
 - ``/_stats`` (exempt): JSON with the app's own counts (see ``gunicorn_apps.Meter``), the
   gate's counters and the worker's ``pid``.
 """
@@ -35,6 +36,7 @@ from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
+from django.utils.decorators import method_decorator
 from django.views import View
 from gunicorn_apps import CHUNK, Meter
 
@@ -172,6 +174,12 @@ class ClassView(View):
         return HttpResponse(b"class-view", content_type="text/plain")
 
 
+@method_decorator(exempt, name="dispatch")
+class DispatchView(View):
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(b"dispatch-view", content_type="text/plain")
+
+
 @exempt
 def stats(request: HttpRequest) -> JsonResponse:
     document: dict[str, Any] = meter.snapshot()
@@ -196,6 +204,7 @@ urlpatterns = [
     path("gated-only", gated_only),
     path("maintenance-only", maintenance_only),
     path("class-view", ClassView.as_view()),
+    path("dispatch-view", DispatchView.as_view()),
     path(STATS_PATH.lstrip("/"), stats),
 ]
 

@@ -289,6 +289,7 @@ def test_exempt_views_skip_what_they_are_exempt_from(
     # Maintenance on, gate free.
     assert client.get("/status").content == b"status"
     assert client.get("/class-view").content == b"class-view"
+    assert client.get("/dispatch-view").content == b"dispatch-view"
     assert client.get("/maintenance-only").content == b"maintenance-only"
     assert client.get("/gated-only").json()["reason"] == "maintenance"
     switch.disable()
@@ -296,6 +297,7 @@ def test_exempt_views_skip_what_they_are_exempt_from(
     with gate.try_acquire():
         assert client.get("/status").content == b"status"
         assert client.get("/class-view").content == b"class-view"
+        assert client.get("/dispatch-view").content == b"dispatch-view"
         assert client.get("/gated-only").content == b"gated-only"
         assert client.get("/maintenance-only").json()["reason"] == "overload"
         assert client.get("/").json()["reason"] == "overload"
@@ -633,3 +635,54 @@ def test_gunicorn_every_worker_follows_the_maintenance_state_file(
     switch.disable()
     every_worker("/", lambda reply: reply.status == 200 and reply.body == b"hello")
     assert_clean_log(server)
+
+
+def test_the_readme_project_works_as_the_readme_says(tmp_path: Path) -> None:
+    from django import urls
+    from test_pytest_plugin import readme_python
+
+    settings_block, views_block = readme_python("## Django")
+    state = tmp_path / "tidegate.json"
+    project: dict[str, Any] = {}
+    exec(settings_block.replace("/run/myproject/tidegate.json", str(state)), project)
+    assert project["MIDDLEWARE"][0] == "tidegate.django.TideGateMiddleware"
+
+    def charge(request: Any) -> str:
+        raise ConnectionError("payments are down")
+
+    def rows() -> Iterator[str]:
+        yield "a,b\n"
+        yield "c,d\n"
+
+    views: dict[str, Any] = {"__name__": "readme_views", "charge": charge, "rows": rows}
+    exec(views_block, views)
+    module = type(
+        "urls",
+        (),
+        {
+            "urlpatterns": [
+                urls.path(name, views[name]) for name in ("ping", "status", "checkout", "export")
+            ]
+        },
+    )
+    with override_settings(
+        ROOT_URLCONF=module, MIDDLEWARE=project["MIDDLEWARE"], TIDEGATE=project["TIDEGATE"]
+    ):
+        client = Client(raise_request_exception=False)
+        client.handler.load_middleware()
+        assert client.get("/health").json()["status"] == "ready"
+        assert client.get("/health/live").json() == {"status": "alive"}
+        export = client.get("/export")
+        assert b"".join(export.streaming_content) == b"a,b\nc,d\n"
+        for _ in range(5):  # failure_threshold failures open the breaker
+            assert client.get("/checkout").status_code == 500
+        assert client.get("/checkout").json()["reason"] == "dependency"
+        MaintenanceSwitch(state, env_var=None).enable(message="Back at noon")
+        wait_for(
+            lambda: client.get("/checkout").json()["reason"],
+            lambda reason: reason == "maintenance",
+            what="maintenance from the state file",
+        )
+        assert client.get("/export").json()["message"] == "Back at noon"
+        assert client.get("/ping").content == b"pong"
+        assert client.get("/status").status_code == 503
