@@ -259,3 +259,25 @@ def test_every_adapter_gives_the_same_503(
     for name, seen in answers.items():
         assert seen == reference, f"{name} differs from the WSGI middleware"
     assert held_gate.in_flight == 1 and held_gate.admitted == 1, "nothing else was admitted"
+
+
+def test_a_wsgi_wrapper_cannot_answer_the_dependency_503_for_a_framework() -> None:
+    """Why Flask and Django have adapters of their own: each framework answers an error out of
+    a view with a 500 before a WSGI wrapper around it could see the ``CircuitOpenError``."""
+    flask_app = Flask("wrapped")
+
+    @flask_app.route("/dependency")
+    def dependency() -> str:
+        return _through_open_breaker()
+
+    flask_app.wsgi_app = TideGateMiddleware(flask_app.wsgi_app, maintenance=False)  # type: ignore[method-assign]
+    plain_django = override_settings(MIDDLEWARE=[], ROOT_URLCONF=__name__)
+    with plain_django:
+        django_app = TideGateMiddleware(WSGIHandler(), maintenance=False)
+        wrapped_django = serve_once(django_app, "GET", "/dependency", {})
+    wrapped_flask = serve_once(flask_app, "GET", "/dependency", {})
+    assert wrapped_flask.status.startswith("500")
+    assert wrapped_django.status.startswith("500")
+    for adapter in (via_flask, via_django):
+        answer = adapter({"maintenance": False})("GET", "/dependency", {})
+        assert answer.status == "503 Service Unavailable"
