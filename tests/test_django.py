@@ -361,6 +361,34 @@ def test_views_marked_when_the_first_request_imports_the_urlconf_are_exempt(
             clear_url_caches()
 
 
+def test_the_same_path_under_another_urlconf_is_resolved_again(gate: CapacityGate) -> None:
+    from django import urls
+    from django.http import HttpResponse
+
+    def open_view(request: Any) -> HttpResponse:
+        return HttpResponse(b"open")
+
+    marked = type("marked", (), {"urlpatterns": [urls.path("x", exempt(lambda r: open_view(r)))]})
+    plain = type("plain", (), {"urlpatterns": [urls.path("x", open_view)]})
+    client = client_for(gate=gate)
+    with gate.try_acquire():
+        for _ in range(2):
+            with override_settings(ROOT_URLCONF=marked):
+                assert client.get("/x").content == b"open"
+            with override_settings(ROOT_URLCONF=plain):
+                assert client.get("/x").status_code == 503
+
+
+def test_clients_inventing_paths_change_no_exemption(gate: CapacityGate) -> None:
+    client = client_for(gate=gate)
+    with gate.try_acquire():
+        for index in range(1100):
+            assert client.get(f"/invented/{index}").status_code == 503
+        assert client.get("/status").content == b"status"
+        assert client.get("/").status_code == 503
+    assert client.get("/invented/1").status_code == 404
+
+
 # -- health and the dependency 503 -------------------------------------------------------------
 
 

@@ -39,6 +39,9 @@ EXEMPT_ATTRIBUTE = "tidegate_exempt"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: How many paths each middleware remembers the exemption of.
+_PATHS_REMEMBERED = 1024
+
 #: Whether any view has been marked in this process; until one is, no request resolves its view.
 _views_marked = False
 
@@ -146,6 +149,7 @@ class TideGateMiddleware:
         # Until the URLconf has been imported (by the first resolve), its views may not be
         # marked yet; afterwards a request resolves only if some view was.
         self._resolving = True
+        self._flags_by_path: dict[tuple[object, str], int] = {}
 
     @property
     def gate(self) -> Any:
@@ -188,10 +192,19 @@ class TideGateMiddleware:
         return _to_response(rendered, request.method)
 
     def _view_flags(self, request: Any) -> int:
+        key = (settings.ROOT_URLCONF, request.path_info)
+        flags = self._flags_by_path.get(key)
+        if flags is not None:
+            return flags
         try:
-            flags = _exempt_flags(resolve(request.path_info).func)
+            flags = _exempt_flags(resolve(key[1], key[0]).func)
         except Resolver404:
             flags = 0
         if not _views_marked:
             self._resolving = False
+        # Resolving costs more than the rest of the middleware; a path resolves the same way
+        # until the URLconf changes. Bounded, so that clients inventing paths cannot grow it:
+        # once full, other paths are resolved each time.
+        if len(self._flags_by_path) < _PATHS_REMEMBERED:
+            self._flags_by_path[key] = flags
         return flags
