@@ -27,7 +27,7 @@ from tidegate._policy import Policy
 from tidegate._tidegate import EXEMPT_GATE, EXEMPT_MAINTENANCE, CircuitOpenError, DecisionCore
 from tidegate.responses import Rendered
 
-__all__ = ["SETTING", "TideGateMiddleware", "exempt"]
+__all__ = ["EXEMPT_ATTRIBUTE", "SETTING", "TideGateMiddleware", "exempt"]
 
 #: The Django setting the options come from: ``TIDEGATE = {"limit": 16, ...}``.
 SETTING = "TIDEGATE"
@@ -58,7 +58,8 @@ def exempt(
     """Exempts a view: ``@exempt`` from both the gate and maintenance;
     ``@exempt(maintenance=False)`` from the gate only (it still shows the maintenance page);
     ``@exempt(gate=False)`` from maintenance only. Marks a view function, the function
-    ``as_view()`` returns, or a class-based view's class."""
+    ``as_view()`` returns, a class-based view's class, or its ``dispatch`` (through
+    ``method_decorator``)."""
 
     def mark(fn: F) -> F:
         global _views_marked
