@@ -823,6 +823,44 @@ CONFIGURATION: dict[str, list[Row]] = {
         ),
         Row("TideGate().exempt(5)", "TypeError: exempt: expected a view function, got 5"),
     ],
+    "TideGateMiddleware (Django)": [
+        Row(
+            "django_middleware('limit=8')",
+            (
+                'TypeError: TIDEGATE: must be a dict of tidegate options, such as {"limit": 16}, '
+                "got 'limit=8'"
+            ),
+        ),
+        Row(
+            "django_middleware(None)",
+            (
+                'TypeError: TIDEGATE: must be a dict of tidegate options, such as {"limit": 16}, '
+                "got None"
+            ),
+        ),
+        Row("django_middleware({'limt': 8})", "TypeError: TIDEGATE: unknown option 'limt'"),
+        Row("django_middleware({1: 8})", "TypeError: TIDEGATE: option names must be str, got 1"),
+        Row(
+            "django_middleware({'limit': 0})",
+            "ValueError: limit: must be an integer >= 1, got 0",
+        ),
+        Row(
+            "django_middleware({'maintenance': True})",
+            (
+                "TypeError: maintenance: must be a MaintenanceSwitch, a state-file path, None (the "
+                "default switch) or False (no switch), got True"
+            ),
+        ),
+        Row("django_middleware({'limit': 4, 'maintenance': False}) and None", "accepted"),
+        Row("django_exempt(5)", "TypeError: exempt: expected a view, got 5"),
+        Row(
+            "django_exempt(len)",
+            (
+                "TypeError: exempt: cannot mark <built-in function len> (no attributes can be set "
+                "on it)"
+            ),
+        ),
+    ],
     "CLI (tidegate)": [
         Row(
             "result = cli()",
@@ -1414,6 +1452,24 @@ def full_gate_request(**environ: Any) -> str:
         held.close()
 
 
+def django_middleware(setting: object) -> Any:
+    """The Django middleware, built with ``settings.TIDEGATE = setting``."""
+    import django_site  # noqa: F401  (configures Django)
+    from django.test import override_settings
+
+    from tidegate.django import TideGateMiddleware as DjangoMiddleware
+
+    with override_settings(TIDEGATE=setting):
+        return DjangoMiddleware(lambda request: None)
+
+
+def django_exempt(view: Any) -> Any:
+    """``@tidegate.django.exempt`` on ``view``."""
+    from tidegate.django import exempt
+
+    return exempt(view)
+
+
 def raising(error: BaseException) -> Any:
     """A check that raises ``error``."""
 
@@ -1559,6 +1615,8 @@ def namespace() -> dict[str, Any]:
         "cli": cli,
         "readiness_with": readiness_with,
         "raising": raising,
+        "django_middleware": django_middleware,
+        "django_exempt": django_exempt,
         "nested": nested,
         "Unrepresentable": Unrepresentable,
         "UnprintableError": UnprintableError,
@@ -1622,6 +1680,10 @@ SECTION_NOTES = {
     "`<p>$mesage</p>`.",
     "TideGate (Flask)": "`flask_app` is a fresh `Flask` app. Options read from "
     "`app.config` are checked exactly like constructor arguments.",
+    "TideGateMiddleware (Django)": "`django_middleware(setting)` builds "
+    "`tidegate.django.TideGateMiddleware` with `settings.TIDEGATE = setting`, as Django does "
+    "when it loads `settings.MIDDLEWARE`; `django_exempt(view)` is `@tidegate.django.exempt` "
+    "on `view`. Option values are checked exactly like the other adapters' arguments.",
     "Accept": "`maintenance_request(**environ)` sends one request to a `TideGateMiddleware` "
     "whose maintenance is on (peer 192.0.2.7; `bypass_networks=['10.0.0.0/8']`, "
     "`bypass_header='X-Maintenance-Bypass'`, `bypass_token=TOKEN`); `full_gate_request` "

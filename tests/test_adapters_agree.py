@@ -1,0 +1,283 @@
+"""Every adapter says a 503 the same way, to the byte.
+
+One table of requests (overload, maintenance, dependency; JSON and HTML; GET and HEAD) goes
+through each adapter configured with the same options:
+
+- ``wsgi``: ``tidegate.wsgi.TideGateMiddleware`` around a plain WSGI app, called the way a server
+  calls it (call, iterate, close);
+- ``flask``: the ``TideGate`` extension, through Flask's test client;
+- ``django``: ``tidegate.django.TideGateMiddleware``, through Django's test client, with
+  Django's usual security middleware after it;
+- ``django-wsgi``: the same Django project through Django's own WSGI handler, called as a
+  server calls it (Django's test client drops HEAD bodies itself; the handler does not).
+
+Each must give the same status line, the same headers and the same body. Ignored are only
+headers the framework adds to responses passing through it, never ones tidegate sets:
+Django's ``SecurityMiddleware`` and ``XFrameOptionsMiddleware`` put theirs on the dependency
+503, which is answered from inside the middleware stack (see :data:`FRAMEWORK_HEADERS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import django_site  # noqa: F401  (configures Django)
+import pytest
+from django import urls
+from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, override_settings
+from flask import Flask
+
+from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
+from tidegate.flask import TideGate
+from tidegate.wsgi import TideGateMiddleware
+
+#: Headers a framework adds to responses that pass through it; tidegate sets none of them.
+FRAMEWORK_HEADERS = frozenset(
+    {
+        "cross-origin-opener-policy",  # django.middleware.security.SecurityMiddleware
+        "referrer-policy",  # SecurityMiddleware
+        "x-content-type-options",  # SecurityMiddleware
+        "x-frame-options",  # django.middleware.clickjacking.XFrameOptionsMiddleware
+    }
+)
+
+DJANGO_MIDDLEWARE = [
+    "tidegate.django.TideGateMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+#: What every adapter is configured with, besides the gate and switch of each case.
+SHARED = {
+    "retry_after": 2,
+    "status_url": "/status",
+    "messages": {"overload": "Too busy <right> now & then."},
+}
+
+#: Opened afresh before each call through it, so every dependency 503 says the same
+#: Retry-After: the whole reset_timeout.
+breaker = CircuitBreaker("agree-db", failure_threshold=1, reset_timeout=900)
+
+
+def _through_open_breaker() -> str:
+    breaker.open()
+    return breaker.call(lambda: "fresh")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def answer(status: str, headers: Iterable[tuple[str, str]], body: bytes) -> Answer:
+    kept = sorted((name.lower(), value) for name, value in headers)
+    return Answer(status, tuple(h for h in kept if h[0] not in FRAMEWORK_HEADERS), body)
+
+
+# -- the adapters --------------------------------------------------------------------------
+
+
+def plain_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    if environ["PATH_INFO"] == "/dependency":
+        _through_open_breaker()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def serve_once(app: Any, method: str, path: str, headers: dict[str, str]) -> Answer:
+    """One request the way a server makes it: call, iterate, close."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+    }
+    environ.update({"HTTP_" + name.upper().replace("-", "_"): v for name, v in headers.items()})
+    setup_testing_defaults(environ)
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda data: None
+
+    body = app(environ, start_response)
+    try:
+        data = b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return answer(started[0], started[1], data)
+
+
+def via_wsgi(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    app = TideGateMiddleware(plain_app, **options)
+    return lambda method, path, headers: serve_once(app, method, path, headers)
+
+
+def via_flask(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    app = Flask("agree")
+
+    @app.route("/", methods=["GET"])
+    def index() -> str:
+        return "hello"
+
+    @app.route("/dependency", methods=["GET"])
+    def dependency() -> str:
+        return _through_open_breaker()
+
+    TideGate(app, **options)
+    client = app.test_client()
+
+    def send(method: str, path: str, headers: dict[str, str]) -> Answer:
+        with client.open(path, method=method, headers=headers) as reply:
+            return answer(reply.status, reply.headers.items(), reply.get_data())
+
+    return send
+
+
+def django_index(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"hello", content_type="text/plain")
+
+
+def django_dependency(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(_through_open_breaker())
+
+
+#: This module is the Django project's URLconf.
+urlpatterns = [urls.path("", django_index), urls.path("dependency", django_dependency)]
+
+
+def django_settings(options: dict[str, Any]) -> override_settings:
+    return override_settings(TIDEGATE=options, MIDDLEWARE=DJANGO_MIDDLEWARE, ROOT_URLCONF=__name__)
+
+
+def via_django(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    with django_settings(options):
+        client = Client()
+        client.handler.load_middleware()
+
+    def send(method: str, path: str, headers: dict[str, str]) -> Answer:
+        # Requests are resolved against the URLconf of the settings in force.
+        with django_settings(options):
+            reply = client.generic(method, path, headers=headers)
+        status = f"{reply.status_code} {reply.reason_phrase}"
+        return answer(status, reply.headers.items(), reply.content)
+
+    return send
+
+
+def via_django_wsgi(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    with django_settings(options):
+        app = WSGIHandler()
+
+    def send(method: str, path: str, headers: dict[str, str]) -> Answer:
+        with django_settings(options):
+            return serve_once(app, method, path, headers)
+
+    return send
+
+
+ADAPTERS = {
+    "wsgi": via_wsgi,
+    "flask": via_flask,
+    "django": via_django,
+    "django-wsgi": via_django_wsgi,
+}
+
+# -- the table -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def held_gate() -> Iterator[CapacityGate]:
+    gate = CapacityGate(1)
+    with gate.try_acquire():
+        yield gate
+    assert gate.in_flight == 0
+
+
+@pytest.fixture
+def switch_on() -> MaintenanceSwitch:
+    switch = MaintenanceSwitch(env_var=None)
+    switch.enable(message="Upgrading <the> database & more", retry_after=300)
+    return switch
+
+
+CASES = [
+    pytest.param(reason, accept, method, id=f"{reason}-{kind}-{method}")
+    for reason in ("overload", "maintenance", "dependency")
+    for kind, accept in (("json", "application/json"), ("html", "text/html,*/*;q=0.8"))
+    for method in ("GET", "HEAD")
+]
+
+
+@pytest.mark.parametrize(("reason", "accept", "method"), CASES)
+def test_every_adapter_gives_the_same_503(
+    reason: str,
+    accept: str,
+    method: str,
+    held_gate: CapacityGate,
+    switch_on: MaintenanceSwitch,
+) -> None:
+    options: dict[str, Any] = dict(SHARED)
+    if reason == "overload":
+        options.update(gate=held_gate, maintenance=False)
+    elif reason == "maintenance":
+        options.update(maintenance=switch_on)
+    else:
+        options.update(maintenance=False)
+    path = "/dependency" if reason == "dependency" else "/"
+    answers = {
+        name: adapter(options)(method, path, {"Accept": accept})
+        for name, adapter in ADAPTERS.items()
+    }
+
+    reference = answers["wsgi"]
+    assert reference.status == "503 Service Unavailable"
+    headers = dict(reference.headers)
+    assert headers["cache-control"] == "no-store"
+    assert headers["content-type"].startswith(
+        "text/html" if "html" in accept else "application/json"
+    )
+    assert (
+        int(headers["retry-after"])
+        == {"overload": 2, "maintenance": 300, "dependency": 900}[reason]
+    )
+    if method == "HEAD":
+        assert reference.body == b""
+        assert int(headers["content-length"]) > 0, "HEAD says the GET's length"
+    else:
+        assert int(headers["content-length"]) == len(reference.body)
+    for name, seen in answers.items():
+        assert seen == reference, f"{name} differs from the WSGI middleware"
+    assert held_gate.in_flight == 1 and held_gate.admitted == 1, "nothing else was admitted"
+
+
+def test_a_wsgi_wrapper_cannot_answer_the_dependency_503_for_a_framework() -> None:
+    """Why Flask and Django have adapters of their own: each framework answers an error out of
+    a view with a 500 before a WSGI wrapper around it could see the ``CircuitOpenError``."""
+    flask_app = Flask("wrapped")
+
+    @flask_app.route("/dependency")
+    def dependency() -> str:
+        return _through_open_breaker()
+
+    flask_app.wsgi_app = TideGateMiddleware(flask_app.wsgi_app, maintenance=False)  # type: ignore[method-assign]
+    plain_django = override_settings(MIDDLEWARE=[], ROOT_URLCONF=__name__)
+    with plain_django:
+        django_app = TideGateMiddleware(WSGIHandler(), maintenance=False)
+        wrapped_django = serve_once(django_app, "GET", "/dependency", {})
+    wrapped_flask = serve_once(flask_app, "GET", "/dependency", {})
+    assert wrapped_flask.status.startswith("500")
+    assert wrapped_django.status.startswith("500")
+    for adapter in (via_flask, via_django):
+        answer = adapter({"maintenance": False})("GET", "/dependency", {})
+        assert answer.status == "503 Service Unavailable"
