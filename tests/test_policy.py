@@ -22,9 +22,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_option_has_one_default_and_one_flask_key() -> None:
-    assert OPTION_NAMES == tuple(Options.__annotations__)
+    assert tuple(Options.__annotations__) == OPTION_NAMES
     assert set(DEFAULTS) == set(OPTION_NAMES)
-    assert FLASK_CONFIG_KEYS == {name: "TIDEGATE_" + name.upper() for name in OPTION_NAMES}
+    assert {name: "TIDEGATE_" + name.upper() for name in OPTION_NAMES} == FLASK_CONFIG_KEYS
 
 
 def test_the_readme_lists_every_option_with_its_default_and_key() -> None:
