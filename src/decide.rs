@@ -73,6 +73,8 @@ pub struct Decider {
     /// `(environ) -> Rendered | None`, called while maintenance is on; `None` means the
     /// request may bypass it.
     pub on_maintenance: Py<PyAny>,
+    /// `(environ, error) -> Rendered`: the dependency 503 for an open breaker's error.
+    pub on_dependency: Py<PyAny>,
     pub variants: Vec<Variant>,
     seed: AtomicU64,
 }
@@ -89,6 +91,7 @@ impl Decider {
         maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
         routes: Py<PyDict>,
         on_maintenance: Py<PyAny>,
+        on_dependency: Py<PyAny>,
         overload: OverloadRenditions,
     ) -> PyResult<Self> {
         if overload.is_empty() {
@@ -108,6 +111,7 @@ impl Decider {
             maintenance: maintenance.map(|m| m.core.clone()),
             routes,
             on_maintenance,
+            on_dependency,
             variants,
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         })
@@ -228,4 +232,17 @@ pub fn take_permit<'py>(
 /// A fresh header list for `start_response` (servers may add to it).
 pub fn header_list<'py>(py: Python<'py>, headers: &[Py<PyTuple>]) -> PyResult<Bound<'py, PyList>> {
     PyList::new(py, headers.iter().map(|h| h.bind(py)))
+}
+
+/// Whether the request is a `HEAD`: it gets the headers of a `GET` (its `Content-Length`
+/// included) and no body. The one place an answer of ours decides to drop its body.
+pub fn is_head(
+    py: Python<'_>,
+    environ: &Bound<'_, PyAny>,
+    environ_dict: Option<&Bound<'_, PyDict>>,
+) -> PyResult<bool> {
+    match lookup(environ, environ_dict, intern!(py, "REQUEST_METHOD"))? {
+        Some(method) => method.eq(intern!(py, "HEAD")),
+        None => Ok(false),
+    }
 }

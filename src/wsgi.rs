@@ -13,7 +13,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::decide::{header_list, lookup, take_permit, Decider, OverloadRenditions, Verdict};
+use crate::decide::{header_list, is_head, take_permit, Decider, OverloadRenditions, Verdict};
 use crate::errors::{config_error, wsgi_arity};
 use crate::gate::{Gate, GatePy};
 use crate::maintenance::MaintenanceSwitchPy;
@@ -21,8 +21,8 @@ use crate::maintenance::MaintenanceSwitchPy;
 struct Config {
     app: Py<PyAny>,
     decider: Decider,
-    /// Called as `(environ, start_response, exc)` for an exception of `dependency_error`.
-    on_dependency: Py<PyAny>,
+    /// Called as `(start_response, rendered, error)` to start the dependency 503.
+    start_dependency: Py<PyAny>,
     dependency_error: Py<PyAny>,
     empty_body: Py<PyTuple>,
 }
@@ -45,7 +45,7 @@ impl MiddlewareCore {
 
     /// Sets everything the request path needs; callable once.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, app, gate, maintenance, routes, on_maintenance, overload, on_dependency, dependency_error))]
+    #[pyo3(signature = (*, app, gate, maintenance, routes, on_maintenance, on_dependency, overload, start_dependency, dependency_error))]
     fn _configure(
         &self,
         py: Python<'_>,
@@ -54,14 +54,23 @@ impl MiddlewareCore {
         maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
         routes: Py<PyDict>,
         on_maintenance: Py<PyAny>,
-        overload: OverloadRenditions,
         on_dependency: Py<PyAny>,
+        overload: OverloadRenditions,
+        start_dependency: Py<PyAny>,
         dependency_error: Py<PyAny>,
     ) -> PyResult<()> {
         let config = Config {
             app,
-            decider: Decider::new(py, gate, maintenance, routes, on_maintenance, overload)?,
-            on_dependency,
+            decider: Decider::new(
+                py,
+                gate,
+                maintenance,
+                routes,
+                on_maintenance,
+                on_dependency,
+                overload,
+            )?,
+            start_dependency,
             dependency_error,
             empty_body: PyTuple::empty(py).unbind(),
         };
@@ -136,14 +145,19 @@ impl MiddlewareCore {
         match config.app.bind(py).call(args, None) {
             Ok(body) => Ok(body.unbind()),
             Err(err) if err.is_instance(py, config.dependency_error.bind(py)) => {
-                // Python starts the response (PEP 3333's exc_info rules are its business);
-                // the body, or none for HEAD, is sent here like every other answer of ours.
+                // Rendered like every refusal; Python starts the response (PEP 3333's exc_info
+                // rules are its business); the body, or none for HEAD, is sent here.
                 let (environ, start_response) = (args.get_item(0)?, args.get_item(1)?);
-                let rendered = config.on_dependency.bind(py).call1((
-                    &environ,
-                    start_response,
-                    err.value(py),
-                ))?;
+                let error = err.value(py);
+                let rendered = config
+                    .decider
+                    .on_dependency
+                    .bind(py)
+                    .call1((&environ, error))?;
+                config
+                    .start_dependency
+                    .bind(py)
+                    .call1((start_response, &rendered, error))?;
                 let environ_dict = environ.cast::<PyDict>().ok();
                 body_of(py, config, &environ, environ_dict, &rendered)
             }
@@ -166,18 +180,6 @@ fn body_of(
     }
     let body = rendered.getattr(intern!(py, "body"))?;
     Ok(PyTuple::new(py, [body])?.into_any().unbind())
-}
-
-/// Whether the request is a `HEAD`, which gets the headers of a `GET` and no body.
-pub fn is_head(
-    py: Python<'_>,
-    environ: &Bound<'_, PyAny>,
-    environ_dict: Option<&Bound<'_, PyDict>>,
-) -> PyResult<bool> {
-    match lookup(environ, environ_dict, intern!(py, "REQUEST_METHOD"))? {
-        Some(method) => method.eq(intern!(py, "HEAD")),
-        None => Ok(false),
-    }
 }
 
 /// Wraps a framework's own WSGI callable (Flask's `app.wsgi_app`) so that the permit its

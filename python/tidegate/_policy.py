@@ -219,6 +219,7 @@ class Policy:
             "maintenance": self.maintenance,
             "routes": routes,
             "on_maintenance": self.maintenance_response,
+            "on_dependency": self.dependency_response,
             "overload": self._overload,
         }
 

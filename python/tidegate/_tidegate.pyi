@@ -233,6 +233,7 @@ class DecisionCore:
         maintenance: MaintenanceSwitch | None,
         routes: dict[str, Any],
         on_maintenance: Any,
+        on_dependency: Any,
         overload: list[tuple[Any, Any]],
     ) -> None: ...
     def decide(self, environ: dict[str, Any], exempt: int = 0) -> Any:
@@ -249,6 +250,10 @@ class DecisionCore:
     ) -> None: ...
     def before(self) -> Any:
         """A before-request hook: ``None`` to go on, or ``on_answer``'s response."""
+    def dependency(self, environ: dict[str, Any], error: BaseException) -> Any:
+        """The dependency 503 (a ``Rendered``) for an open breaker's error from the app."""
+    def body_for(self, environ: dict[str, Any], rendered: Any) -> bytes:
+        """The body to send for ``rendered``: its bytes, or none for a ``HEAD`` request."""
     def release(self, environ: dict[str, Any]) -> None:
         """Gives back the permit ``decide`` kept in ``environ``, if it is still there."""
     def hand_over(self, environ: dict[str, Any]) -> Permit | None:
@@ -267,8 +272,9 @@ class MiddlewareCore:
         maintenance: MaintenanceSwitch | None,
         routes: dict[str, Any],
         on_maintenance: Any,
-        overload: list[tuple[Any, Any]],
         on_dependency: Any,
+        overload: list[tuple[Any, Any]],
+        start_dependency: Any,
         dependency_error: object,
     ) -> None: ...
     def __call__(self, *args: Any) -> Iterable[bytes]: ...

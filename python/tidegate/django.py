@@ -23,7 +23,7 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from tidegate._options import Options, unknown_option
-from tidegate._policy import Policy
+from tidegate._policy import Policy, PolicyParts
 from tidegate._tidegate import EXEMPT_GATE, EXEMPT_MAINTENANCE, CircuitOpenError, DecisionCore
 from tidegate.responses import Rendered
 
@@ -103,16 +103,14 @@ def _options(configured: object) -> Options:
     return options  # type: ignore[return-value]
 
 
-def _to_response(rendered: Rendered, method: str | None) -> Any:
-    """The ``HttpResponse`` for ``rendered``: its status, every header and its bytes. A
-    ``HEAD`` request gets the same headers (``Content-Length`` of the ``GET`` included) and
-    no body: Django's WSGI handler sends whatever body a response holds, and not every
-    server drops it for ``HEAD``."""
-    code, _, phrase = rendered.status.partition(" ")
+def _to_response(rendered: Rendered, body: bytes) -> Any:
+    """The ``HttpResponse`` for ``rendered``: its status, every header and ``body`` (the core's
+    ``body_for``: none for ``HEAD``, which keeps the ``GET``'s headers; Django's WSGI handler
+    sends whatever body a response holds, and not every server drops it for ``HEAD``)."""
     response = HttpResponse(
-        b"" if method == "HEAD" else rendered.body,
-        status=int(code),
-        reason=phrase or None,
+        body,
+        status=rendered.status_code,
+        reason=rendered.reason_phrase or None,
         headers=rendered.headers,
     )
     # Django logs every 5xx as an error (and mails the admins); a deliberate 503 is not one,
@@ -121,7 +119,7 @@ def _to_response(rendered: Rendered, method: str | None) -> Any:
     return response
 
 
-class TideGateMiddleware:
+class TideGateMiddleware(PolicyParts):
     """tidegate for Django; first in ``settings.MIDDLEWARE``.
 
     Options come from ``settings.TIDEGATE`` (see :class:`tidegate.wsgi.TideGateMiddleware` for
@@ -144,6 +142,7 @@ class TideGateMiddleware:
         self.policy = policy = Policy(SETTING, **_options(getattr(settings, SETTING, {})))
         core = DecisionCore()
         core._configure(**policy.core_config())
+        self._core = core
         self._decide = core.decide
         self._release = core.release
         self._hand_over = core.hand_over
@@ -152,21 +151,11 @@ class TideGateMiddleware:
         self._resolving = True
         self._flags_by_path: dict[tuple[object, str], int] = {}
 
-    @property
-    def gate(self) -> Any:
-        """The :class:`~tidegate.CapacityGate` in use, or ``None``."""
-        return self.policy.gate
-
-    @property
-    def maintenance(self) -> Any:
-        """The :class:`~tidegate.MaintenanceSwitch` (``None`` with ``"maintenance": False``)."""
-        return self.policy.maintenance
-
     def __call__(self, request: Any) -> Any:
         meta = request.META
         rendered = self._decide(meta, self._view_flags(request) if self._resolving else 0)
         if rendered is not None:
-            return _to_response(rendered, request.method)
+            return _to_response(rendered, self._core.body_for(meta, rendered))
         try:
             response = self.get_response(request)
         except BaseException:
@@ -189,8 +178,9 @@ class TideGateMiddleware:
         """The dependency 503 for an open circuit; any other exception is Django's to handle."""
         if not isinstance(exception, CircuitOpenError):
             return None
-        rendered = self.policy.dependency_response(request.META, exception)
-        return _to_response(rendered, request.method)
+        meta = request.META
+        rendered = self._core.dependency(meta, exception)
+        return _to_response(rendered, self._core.body_for(meta, rendered))
 
     def _view_flags(self, request: Any) -> int:
         key = (settings.ROOT_URLCONF, request.path_info)

@@ -186,7 +186,7 @@ def _exempt_of(state: TideGateState) -> int:
 
 
 def _on_dependency_error(state: TideGateState, error: Exception) -> Any:
-    return _answer(state, state.policy.dependency_response(request.environ, error))
+    return _answer(state, state.core.dependency(request.environ, error))
 
 
 def _answer(state: TideGateState, rendered: Rendered) -> Response:

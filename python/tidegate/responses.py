@@ -92,6 +92,16 @@ class Rendered:
     reason: str | None = None
     retry_after: int | None = None
 
+    @property
+    def status_code(self) -> int:
+        """The status as a number (``503``)."""
+        return int(self.status.partition(" ")[0])
+
+    @property
+    def reason_phrase(self) -> str:
+        """The status line's words (``Service Unavailable``)."""
+        return self.status.partition(" ")[2]
+
 
 def iso_utc(value: datetime | None) -> str | None:
     """``value`` as an ISO-8601 UTC string (``...Z``); a naive datetime is UTC."""

@@ -18,7 +18,7 @@ from tidegate._tidegate import MiddlewareCore
 from tidegate.responses import Rendered
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication
     from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_HEALTH_PATHS", "TideGateMiddleware"]
@@ -62,7 +62,7 @@ class TideGateMiddleware(PolicyParts, MiddlewareCore):
         self._configure(
             app=app,
             **policy.core_config(),
-            on_dependency=self._start_dependency,
+            start_dependency=_start_dependency,
             dependency_error=_dependency_errors(),
         )
 
@@ -73,28 +73,28 @@ class TideGateMiddleware(PolicyParts, MiddlewareCore):
         ]
     )
 
-    def _start_dependency(
-        self, environ: WSGIEnvironment, start_response: StartResponse, error: BaseException
-    ) -> Rendered:
-        """Starts the dependency 503 for ``error``; the core sends its body (none for HEAD)."""
-        rendered = self.policy.dependency_response(environ, error)
+
+def _start_dependency(
+    start_response: StartResponse, rendered: Rendered, error: BaseException
+) -> None:
+    """Starts the dependency 503 the core rendered for ``error``; the core sends its body (none
+    for HEAD)."""
+    try:
+        # The usual case: the app raised before starting a response. No exc_info here:
+        # clients that re-raise whenever it is given (Werkzeug's test client) would turn
+        # a response that can still be sent into an error.
+        start_response(rendered.status, list(rendered.headers))
+        refused = False
+    except Exception:
+        # A PEP 3333 server refuses a second start_response without exc_info, with an
+        # error of its choosing: the app had started a response of its own.
+        refused = True
+    if refused:
+        # Given the app's error as exc_info, the server replaces the headers it has not sent
+        # yet, or re-raises the error when they are already out. It is raised again here,
+        # out of the handler above, so that it is also the exception being handled, with
+        # no server error chained to it: wsgiref re-raises that one, not exc_info.
         try:
-            # The usual case: the app raised before starting a response. No exc_info here:
-            # clients that re-raise whenever it is given (Werkzeug's test client) would turn
-            # a response that can still be sent into an error.
-            start_response(rendered.status, list(rendered.headers))
-            refused = False
-        except Exception:
-            # A PEP 3333 server refuses a second start_response without exc_info, with an
-            # error of its choosing: the app had started a response of its own.
-            refused = True
-        if refused:
-            # Given the app's error as exc_info, the server replaces the headers it has not sent
-            # yet, or re-raises the error when they are already out. It is raised again here,
-            # out of the handler above, so that it is also the exception being handled, with
-            # no server error chained to it: wsgiref re-raises that one, not exc_info.
-            try:
-                raise error
-            except BaseException:
-                start_response(rendered.status, list(rendered.headers), sys.exc_info())
-        return rendered
+            raise error
+        except BaseException:
+            start_response(rendered.status, list(rendered.headers), sys.exc_info())

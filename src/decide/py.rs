@@ -3,9 +3,9 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use super::{take_permit, Decider, OverloadRenditions, Verdict, PERMIT_KEY};
+use super::{is_head, take_permit, Decider, OverloadRenditions, Verdict, PERMIT_KEY};
 use crate::errors::config_error;
 use crate::gate::{GatePy, PermitPy};
 use crate::maintenance::MaintenanceSwitchPy;
@@ -50,7 +50,8 @@ impl DecisionCore {
     }
 
     /// Sets everything the decision needs; callable once.
-    #[pyo3(signature = (*, gate, maintenance, routes, on_maintenance, overload))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, gate, maintenance, routes, on_maintenance, on_dependency, overload))]
     fn _configure(
         &self,
         py: Python<'_>,
@@ -58,9 +59,18 @@ impl DecisionCore {
         maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
         routes: Py<PyDict>,
         on_maintenance: Py<PyAny>,
+        on_dependency: Py<PyAny>,
         overload: OverloadRenditions,
     ) -> PyResult<()> {
-        let decider = Decider::new(py, gate, maintenance, routes, on_maintenance, overload)?;
+        let decider = Decider::new(
+            py,
+            gate,
+            maintenance,
+            routes,
+            on_maintenance,
+            on_dependency,
+            overload,
+        )?;
         self.decider
             .set(decider)
             .map_err(|_| config_error("the decision is already configured"))
@@ -129,6 +139,35 @@ impl DecisionCore {
             None => Ok(None),
             Some(rendered) => Ok(Some(hooks.on_answer.bind(py).call1((rendered,))?.unbind())),
         }
+    }
+
+    /// The dependency 503 for `error`, an open breaker's `CircuitOpenError` that came out of
+    /// the app.
+    fn dependency(
+        &self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyDict>,
+        error: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let decider = self.configured()?;
+        Ok(decider
+            .on_dependency
+            .bind(py)
+            .call1((environ, error))?
+            .unbind())
+    }
+
+    /// The body to send for `rendered`: its bytes, or none for a `HEAD` request.
+    fn body_for<'py>(
+        &self,
+        py: Python<'py>,
+        environ: &Bound<'py, PyDict>,
+        rendered: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if is_head(py, environ.as_any(), Some(environ))? {
+            return Ok(PyBytes::new(py, b"").into_any());
+        }
+        rendered.getattr(intern!(py, "body"))
     }
 
     /// Gives back the permit `decide` left in `environ`, if it is still there.
