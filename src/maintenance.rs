@@ -16,16 +16,17 @@
 //!
 //! # Cost per request
 //!
-//! The effective state lives in one atomic byte. `active()` reads the monotonic clock and that
-//! byte, nothing else: a request never touches the environment or the file. A background
+//! The effective state lives in one atomic byte. `active()` reads that byte (and now and then
+//! the monotonic clock), nothing else: a request never touches the environment or the file. A background
 //! thread per switch (no GIL) re-reads the environment variable and stats the file once per
 //! `poll_interval` (at least 10 ms apart), reading the file only when its (device, inode, size,
 //! mtime, ctime) changed. A slow disk, a hung mount or a FIFO at the path can stall that thread
 //! and nothing else; the last good state stands meanwhile.
 //!
 //! The thread is started with the switch. A process forked from one that had it (a Gunicorn
-//! master that loaded the app before forking) has no such thread: the clock read on the request
-//! path notices that no poll has happened for longer than the interval allows and starts one.
+//! master that loaded the app before forking) has no such thread: a clock read on the request
+//! path (every 32nd `active()` of a thread, every `status()` and `draining()`) notices that no
+//! poll has happened for longer than the interval allows and starts one.
 //!
 //! # The state file
 //!
@@ -379,9 +380,19 @@ impl Maintenance {
         &self.config
     }
 
-    /// Is the process in maintenance? The per-request check: two atomic loads and a clock read.
+    /// Is the process in maintenance? The per-request check: an atomic load, and on every
+    /// 32nd call of a thread the look for a missing poller (a clock read).
     pub fn active(&self) -> bool {
-        self.watch();
+        thread_local! {
+            static READS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+        }
+        if READS.with(|reads| {
+            let next = reads.get().wrapping_add(1);
+            reads.set(next);
+            next % 32 == 0
+        }) {
+            self.watch();
+        }
         self.flags.load(Ordering::Acquire) & ANY_ACTIVE != 0
     }
 

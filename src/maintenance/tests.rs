@@ -524,7 +524,7 @@ fn a_stuck_source_stalls_the_poller_and_no_reader() {
 }
 
 #[test]
-fn a_process_without_its_poller_starts_one_on_the_next_read() {
+fn a_process_without_its_poller_starts_one_within_a_few_reads() {
     // What a forked child sees: the switch's poller thread belongs to another process.
     let rig = Rig::new();
     let hooks = Hooks {
