@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import django
@@ -38,7 +38,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from gunicorn_apps import CHUNK, Meter
+from gunicorn_apps import Meter, Stream
 
 from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
 from tidegate.django import exempt
@@ -103,40 +103,9 @@ def work(request: HttpRequest) -> HttpResponse:
         meter.leave()
 
 
-class Stream:
-    """A streamed body that stays inside the app until ``close()``."""
-
-    def __init__(self, chunks: int, delay: float) -> None:
-        self.chunks = chunks
-        self.delay = delay
-        self.finished = False
-        self.closed = False
-        with meter.lock:
-            meter.streams_started += 1
-
-    def __iter__(self) -> Iterator[bytes]:
-        for index in range(self.chunks):
-            if index:
-                time.sleep(self.delay)
-            yield CHUNK
-        self.finished = True
-        with meter.lock:
-            meter.streams_finished += 1
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with meter.lock:
-            meter.streams_closed += 1
-            if not self.finished:
-                meter.streams_closed_early += 1
-        meter.leave()
-
-
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     meter.enter()
-    body = Stream(_number(request, "chunks", 3), _number(request, "ms", 0) / 1000)
+    body = Stream(_number(request, "chunks", 3), _number(request, "ms", 0) / 1000, meter=meter)
     return StreamingHttpResponse(body, content_type="text/plain")
 
 

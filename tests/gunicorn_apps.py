@@ -82,11 +82,12 @@ meter = Meter()
 
 
 class Stream:
-    """A streamed body that stays inside the app until ``close()``."""
+    """A streamed body that stays inside the app (``meter``) until ``close()``."""
 
-    def __init__(self, chunks: int, delay: float) -> None:
+    def __init__(self, chunks: int, delay: float, *, meter: Meter = meter) -> None:
         self.chunks = chunks
         self.delay = delay
+        self.meter = meter
         self.finished = False
         self.closed = False
         with meter.lock:
@@ -98,18 +99,18 @@ class Stream:
                 time.sleep(self.delay)
             yield CHUNK
         self.finished = True
-        with meter.lock:
-            meter.streams_finished += 1
+        with self.meter.lock:
+            self.meter.streams_finished += 1
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        with meter.lock:
-            meter.streams_closed += 1
+        with self.meter.lock:
+            self.meter.streams_closed += 1
             if not self.finished:
-                meter.streams_closed_early += 1
-        meter.leave()
+                self.meter.streams_closed_early += 1
+        self.meter.leave()
 
 
 def _number(query: dict[str, list[str]], name: str, default: int) -> int:
