@@ -83,17 +83,28 @@ pub struct Decider {
 /// Retry-After the jitter can pick.
 pub type OverloadRenditions = Vec<(Py<PyAny>, Py<PyAny>)>;
 
+/// What Python configures a decision with: the mapping `Policy.core_config()` returns.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct DecisionConfig<'py> {
+    gate: Option<PyRef<'py, GatePy>>,
+    maintenance: Option<PyRef<'py, MaintenanceSwitchPy>>,
+    routes: Py<PyDict>,
+    on_maintenance: Py<PyAny>,
+    on_dependency: Py<PyAny>,
+    overload: OverloadRenditions,
+}
+
 impl Decider {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        py: Python<'_>,
-        gate: Option<PyRef<'_, GatePy>>,
-        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
-        routes: Py<PyDict>,
-        on_maintenance: Py<PyAny>,
-        on_dependency: Py<PyAny>,
-        overload: OverloadRenditions,
-    ) -> PyResult<Self> {
+    pub fn new(py: Python<'_>, config: DecisionConfig<'_>) -> PyResult<Self> {
+        let DecisionConfig {
+            gate,
+            maintenance,
+            routes,
+            on_maintenance,
+            on_dependency,
+            overload,
+        } = config;
         if overload.is_empty() {
             return Err(config_error("overload: must hold at least one rendition"));
         }

@@ -13,10 +13,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::decide::{header_list, is_head, take_permit, Decider, OverloadRenditions, Verdict};
+use crate::decide::{header_list, is_head, take_permit, Decider, DecisionConfig, Verdict};
 use crate::errors::{config_error, wsgi_arity};
-use crate::gate::{Gate, GatePy};
-use crate::maintenance::MaintenanceSwitchPy;
+use crate::gate::Gate;
 
 struct Config {
     app: Py<PyAny>,
@@ -44,32 +43,18 @@ impl MiddlewareCore {
     }
 
     /// Sets everything the request path needs; callable once.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, app, gate, maintenance, routes, on_maintenance, on_dependency, overload, start_dependency, dependency_error))]
+    #[pyo3(signature = (*, app, decision, start_dependency, dependency_error))]
     fn _configure(
         &self,
         py: Python<'_>,
         app: Py<PyAny>,
-        gate: Option<PyRef<'_, GatePy>>,
-        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
-        routes: Py<PyDict>,
-        on_maintenance: Py<PyAny>,
-        on_dependency: Py<PyAny>,
-        overload: OverloadRenditions,
+        decision: DecisionConfig<'_>,
         start_dependency: Py<PyAny>,
         dependency_error: Py<PyAny>,
     ) -> PyResult<()> {
         let config = Config {
             app,
-            decider: Decider::new(
-                py,
-                gate,
-                maintenance,
-                routes,
-                on_maintenance,
-                on_dependency,
-                overload,
-            )?,
+            decider: Decider::new(py, decision)?,
             start_dependency,
             dependency_error,
             empty_body: PyTuple::empty(py).unbind(),

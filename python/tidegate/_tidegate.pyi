@@ -226,16 +226,7 @@ class DecisionCore:
     """
 
     def __new__(cls, *_args: object, **_kwargs: object) -> DecisionCore: ...
-    def _configure(
-        self,
-        *,
-        gate: CapacityGate | None,
-        maintenance: MaintenanceSwitch | None,
-        routes: dict[str, Any],
-        on_maintenance: Any,
-        on_dependency: Any,
-        overload: list[tuple[Any, Any]],
-    ) -> None: ...
+    def _configure(self, decision: dict[str, Any], /) -> None: ...
     def decide(self, environ: dict[str, Any], exempt: int = 0) -> Any:
         """``None`` to let the request through (an admitted request's permit is kept in
         ``environ``), or the ``Rendered`` to answer with."""
@@ -268,12 +259,7 @@ class MiddlewareCore:
         self,
         *,
         app: object,
-        gate: CapacityGate | None,
-        maintenance: MaintenanceSwitch | None,
-        routes: dict[str, Any],
-        on_maintenance: Any,
-        on_dependency: Any,
-        overload: list[tuple[Any, Any]],
+        decision: dict[str, Any],
         start_dependency: Any,
         dependency_error: object,
     ) -> None: ...

@@ -141,7 +141,7 @@ class TideGateMiddleware(PolicyParts):
         self.get_response = get_response
         self.policy = policy = Policy(SETTING, **_options(getattr(settings, SETTING, {})))
         core = DecisionCore()
-        core._configure(**policy.core_config())
+        core._configure(policy.core_config())
         self._core = core
         self._decide = core.decide
         self._release = core.release

@@ -111,7 +111,7 @@ class TideGate:
         options.update(self._options)
         policy = Policy("TideGate", **options)
         core = DecisionCore()
-        core._configure(**policy.core_config())
+        core._configure(policy.core_config())
         state = TideGateState(self, policy, core, self._exempt)
         getter, attrs = _CURRENT_ENVIRON
         core._bind_hooks(

@@ -61,7 +61,7 @@ class TideGateMiddleware(PolicyParts, MiddlewareCore):
         self.policy = policy = Policy("TideGateMiddleware", **options)
         self._configure(
             app=app,
-            **policy.core_config(),
+            decision=policy.core_config(),
             start_dependency=_start_dependency,
             dependency_error=_dependency_errors(),
         )

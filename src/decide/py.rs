@@ -5,10 +5,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use super::{is_head, take_permit, Decider, OverloadRenditions, Verdict, PERMIT_KEY};
+use super::{is_head, take_permit, Decider, DecisionConfig, Verdict, PERMIT_KEY};
 use crate::errors::config_error;
-use crate::gate::{GatePy, PermitPy};
-use crate::maintenance::MaintenanceSwitchPy;
+use crate::gate::PermitPy;
 
 /// The decision for frameworks that build their own response objects (the Flask hooks, the
 /// Django middleware). Python's adapters subclass it and configure it once.
@@ -50,27 +49,9 @@ impl DecisionCore {
     }
 
     /// Sets everything the decision needs; callable once.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, gate, maintenance, routes, on_maintenance, on_dependency, overload))]
-    fn _configure(
-        &self,
-        py: Python<'_>,
-        gate: Option<PyRef<'_, GatePy>>,
-        maintenance: Option<PyRef<'_, MaintenanceSwitchPy>>,
-        routes: Py<PyDict>,
-        on_maintenance: Py<PyAny>,
-        on_dependency: Py<PyAny>,
-        overload: OverloadRenditions,
-    ) -> PyResult<()> {
-        let decider = Decider::new(
-            py,
-            gate,
-            maintenance,
-            routes,
-            on_maintenance,
-            on_dependency,
-            overload,
-        )?;
+    #[pyo3(signature = (decision, /))]
+    fn _configure(&self, py: Python<'_>, decision: DecisionConfig<'_>) -> PyResult<()> {
+        let decider = Decider::new(py, decision)?;
         self.decider
             .set(decider)
             .map_err(|_| config_error("the decision is already configured"))
