@@ -226,18 +226,21 @@ pub fn lookup<'py>(
 /// Where an admitted request's permit waits in its environ.
 pub(crate) const PERMIT_KEY: &str = "tidegate.permit";
 
-/// Takes the permit `decide` left in `environ` out of it, if it is still there.
+/// The permit `decide` left in `environ`, unless it was released (or handed over) already.
+/// It stays in the environ, released: taking a key out of a dict costs more than all the
+/// rest, and a released permit is never released again.
 pub fn take_permit<'py>(
     py: Python<'py>,
     environ: &Bound<'py, PyDict>,
 ) -> PyResult<Option<Bound<'py, PermitPy>>> {
-    let key = intern!(py, PERMIT_KEY);
-    let Some(found) = environ.get_item(key)? else {
+    let Some(found) = environ.get_item(intern!(py, PERMIT_KEY))? else {
         return Ok(None);
     };
-    environ.del_item(key)?;
     // Only a permit of ours is released; anything else someone put there is left alone.
-    Ok(found.cast_into::<PermitPy>().ok())
+    Ok(found
+        .cast_into::<PermitPy>()
+        .ok()
+        .filter(|permit| !permit.get().is_released()))
 }
 
 /// A fresh header list for `start_response` (servers may add to it).

@@ -159,14 +159,20 @@ impl DecisionCore {
         Ok(())
     }
 
-    /// Takes the permit out of `environ` for a streamed body: the body's close gives it back
-    /// (call `release()` on what this returns); `None` when the request holds none.
+    /// Takes the permit out of `environ` for a response body: the body's close gives it back
+    /// (call `release()` on what this returns), and `release(environ)` no longer does; `None`
+    /// when the request holds none.
     fn hand_over<'py>(
         &self,
         py: Python<'py>,
         environ: &Bound<'py, PyDict>,
     ) -> PyResult<Option<Bound<'py, PermitPy>>> {
-        take_permit(py, environ)
+        let permit = take_permit(py, environ)?;
+        if permit.is_some() {
+            // Overwritten, not deleted: the key stays, so the dict keeps its shape.
+            environ.set_item(intern!(py, PERMIT_KEY), py.None())?;
+        }
+        Ok(permit)
     }
 }
 

@@ -166,6 +166,11 @@ impl PermitPy {
         (!self.released.swap(true, Ordering::AcqRel)).then(|| self.gate.clone())
     }
 
+    /// Whether the slot went back (or was handed over) already.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
     /// Gives the slot back unless that already happened; true when this call released it.
     pub fn release_once(&self) -> bool {
         let first = !self.released.swap(true, Ordering::AcqRel);
