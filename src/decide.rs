@@ -56,7 +56,7 @@ pub struct Variant {
 /// What the decision says about one request.
 pub enum Verdict<'py> {
     /// Pass to the app; holds a slot of this gate when there is one, to give back once.
-    Admit(Option<Arc<Gate>>),
+    Admit(Option<&'py Arc<Gate>>),
     /// Answer with this `Rendered` (a route of ours, or a refusal).
     Answer(Bound<'py, PyAny>),
     /// The overload 503: answer with this variant, as HTML when `html`.
@@ -164,7 +164,7 @@ impl Decider {
             return Ok(Verdict::Admit(None));
         };
         if gate.try_acquire() {
-            return Ok(Verdict::Admit(Some(gate.clone())));
+            return Ok(Verdict::Admit(Some(gate)));
         }
         let variant = &self.variants[self.pick(self.variants.len())];
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {

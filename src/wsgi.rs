@@ -67,8 +67,13 @@ impl MiddlewareCore {
     /// The WSGI call. It takes the arguments as the tuple the server built, so the same tuple
     /// goes on to the app without building another one per request.
     #[pyo3(signature = (*args))]
-    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
-        let Some(config) = self.config.get() else {
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<PyAny>> {
+        let this = slf.get();
+        let Some(config) = this.config.get() else {
             return Err(config_error("the middleware was not configured"));
         };
         if args.len() != 2 {
@@ -80,12 +85,14 @@ impl MiddlewareCore {
             .decider
             .decide(py, &environ, environ_dict.as_deref(), 0)?
         {
-            Verdict::Admit(None) => self.call_app(py, config, args),
-            Verdict::Admit(Some(gate)) => match self.call_app(py, config, args) {
+            Verdict::Admit(None) => this.call_app(py, config, args),
+            Verdict::Admit(Some(gate)) => match this.call_app(py, config, args) {
                 Ok(body) => {
+                    // The middleware, not the gate, is what the body keeps: a Python reference
+                    // costs less per request than an atomic one.
                     let closing = ClosingBody {
                         inner: body,
-                        gate,
+                        slot: Slot::Middleware(slf.clone().unbind()),
                         released: AtomicBool::new(false),
                     };
                     Ok(Bound::new(py, closing)?.into_any().unbind())
@@ -201,7 +208,7 @@ impl ReleasingApp {
             (Ok(body), Some(gate)) => {
                 let closing = ClosingBody {
                     inner: body.unbind(),
-                    gate,
+                    slot: Slot::Gate(gate),
                     released: AtomicBool::new(false),
                 };
                 Ok(Bound::new(py, closing)?.into_any().unbind())
@@ -223,14 +230,34 @@ impl ReleasingApp {
 #[pyclass(module = "tidegate._tidegate", frozen, freelist = 256)]
 pub struct ClosingBody {
     inner: Py<PyAny>,
-    gate: Arc<Gate>,
+    slot: Slot,
     released: AtomicBool,
+}
+
+/// Whose gate slot a body gives back.
+enum Slot {
+    /// The middleware's own gate.
+    Middleware(Py<MiddlewareCore>),
+    /// A slot handed over from a permit (`ReleasingApp`).
+    Gate(Arc<Gate>),
 }
 
 impl ClosingBody {
     fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            self.gate.release();
+            match &self.slot {
+                Slot::Middleware(owner) => {
+                    if let Some(gate) = owner
+                        .get()
+                        .config
+                        .get()
+                        .and_then(|config| config.decider.gate.as_ref())
+                    {
+                        gate.release();
+                    }
+                }
+                Slot::Gate(gate) => gate.release(),
+            }
         }
     }
 }

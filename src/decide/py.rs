@@ -71,7 +71,7 @@ impl DecisionCore {
             match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
                 Verdict::Admit(None) => None,
                 Verdict::Admit(Some(gate)) => {
-                    let permit = Bound::new(py, PermitPy::new(gate))?;
+                    let permit = Bound::new(py, PermitPy::new(gate.clone()))?;
                     environ.set_item(intern!(py, PERMIT_KEY), permit)?;
                     None
                 }
