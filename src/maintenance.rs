@@ -562,7 +562,8 @@ impl Maintenance {
 
     #[cold]
     fn revive(&self) {
-        if !self.hooks.background {
+        let polls = self.config.env_var.is_some() || self.config.state_file.is_some();
+        if !self.hooks.background || !polls {
             return;
         }
         // At most one look per interval, even while a poller is stuck on a slow source.

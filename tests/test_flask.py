@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -114,6 +115,51 @@ def test_a_view_that_raises_gives_its_permit_back() -> None:
 
     with app.test_client().get("/boom") as reply:
         assert reply.status_code == 500
+    assert state(app).gate.in_flight == 0
+
+
+def test_a_finished_response_gives_its_permit_back_before_its_body_is_closed() -> None:
+    app = make_app()
+    TideGate(app, limit=1, maintenance=False)
+    client = app.test_client()
+    first = client.get("/")  # held, never closed: as test suites do
+    assert state(app).gate.in_flight == 0
+    second = client.get("/")
+    assert (first.status_code, second.status_code) == (200, 200)
+
+
+def test_an_exception_out_of_flask_gives_the_permit_back_without_the_collector() -> None:
+    app = make_app(PROPAGATE_EXCEPTIONS=True)
+    TideGate(app, limit=1, maintenance=False)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    client = app.test_client()
+    gc.disable()  # the exception's traceback cycle must not be what gives the permit back
+    try:
+        with pytest.raises(RuntimeError):
+            client.get("/boom")
+        assert state(app).gate.in_flight == 0
+        assert client.get("/").status_code == 200
+    finally:
+        gc.enable()
+
+
+def test_a_plain_generator_stream_holds_its_permit_until_closed() -> None:
+    app = make_app()
+    TideGate(app, limit=1, maintenance=False)
+
+    @app.get("/plain")
+    def plain() -> Response:
+        return Response(iter(["a", "b"]))  # no stream_with_context: teardown runs first
+
+    client = app.test_client()
+    reply = client.get("/plain", buffered=False)
+    assert state(app).gate.in_flight == 1
+    assert client.get("/").status_code == 503
+    reply.close()
     assert state(app).gate.in_flight == 0
 
 

@@ -241,6 +241,9 @@ class DecisionCore:
     ) -> None: ...
     def before(self) -> Any:
         """A before-request hook: ``None`` to go on, or ``on_answer``'s response."""
+    def after(self, response: Any) -> Any:
+        """An after-request hook: a finished response gives its permit back; a streamed one
+        keeps it for its body's close."""
     def dependency(self, environ: dict[str, Any], error: BaseException) -> Any:
         """The dependency 503 (a ``Rendered``) for an open breaker's error from the app."""
     def body_for(self, environ: dict[str, Any], rendered: Any) -> bytes:

@@ -1,14 +1,16 @@
-"""Flask extension: tidegate's 503 handling as a ``before_request`` hook over the one decision
-every adapter shares.
+"""Flask extension: tidegate's 503 handling as Flask hooks over the one decision every adapter
+shares.
 
-The hook asks the decision core and answers with its 503 (or health answer) when it says so.
-The permit of an admitted request waits in ``request.environ`` and goes back when the server
-closes the response body (``app.wsgi_app`` is wrapped for that), streamed or not, or at once
-if the app raises. Each request owns its permit: only a request the core admitted gives one
-back, and exactly once. A request that another hook answered first, or that tidegate itself
-turned away, releases nothing, so the limit holds under overload. A request context that
-never produces a body (``app.test_request_context()``) gives its permit back when its environ
-is dropped.
+The ``before_request`` hook asks the decision core and answers with its 503 (or health answer)
+when it says so. The permit of an admitted request waits in ``request.environ``. The
+``after_request`` hook gives it back once the response is finished; a streamed response keeps
+it until the server closes its body (``app.wsgi_app`` is wrapped for that), and a request
+whose exception leaves Flask gives it back at once. Each request owns its permit: only a
+request the core admitted gives one back, and exactly once. A request that another hook
+answered first, or that tidegate itself turned away, releases nothing, so the limit holds
+under overload. A request context that never produces a response
+(``app.test_request_context()`` with ``preprocess_request()``) gives its permit back when its
+environ is dropped.
 """
 
 from __future__ import annotations
@@ -122,16 +124,22 @@ class TideGate:
             on_answer=functools.partial(_answer, state),
         )
         app.extensions[_EXTENSION_KEY] = state
-        # First in line, so excess requests are shed before any other hook does work. A plain
-        # function, because Flask looks far longer at any other callable before calling it.
-        decide = core.before
+        # Plain functions around the core's methods, because Flask looks far longer at any
+        # other callable before calling it. The before hook goes first in line, so excess
+        # requests are shed before any other hook does work.
+        before, after = core.before, core.after
 
         def tidegate_before_request() -> Response | None:
-            return decide()  # type: ignore[no-any-return]
+            return before()  # type: ignore[no-any-return]
+
+        def tidegate_after_request(response: Response) -> Response:
+            return after(response)  # type: ignore[no-any-return]
 
         app.before_request_funcs.setdefault(None, []).insert(0, tidegate_before_request)
-        # The permit goes back when the server closes the body (streamed or not), or at once
-        # if the app raises: what a teardown hook would do, but after the body is sent.
+        # Registered first, so it runs after the app's own after_request hooks: a finished
+        # response gives its permit back there, a streamed one when the server closes its
+        # body. If the app raises out of Flask, the permit goes back at once.
+        app.after_request(tidegate_after_request)
         app.wsgi_app = ReleasingApp(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if CircuitOpenError not in app.error_handler_spec.get(None, {}).get(None, {}):
             app.register_error_handler(

@@ -3,7 +3,7 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::{is_head, take_permit, Decider, DecisionConfig, Verdict, PERMIT_KEY};
 use crate::errors::config_error;
@@ -122,6 +122,23 @@ impl DecisionCore {
         }
     }
 
+    /// The after-request hook: a response that is not streamed is finished, so its permit goes
+    /// back now (as a teardown hook would give it); a streamed one keeps it for its body's
+    /// close (`ReleasingApp`).
+    fn after<'py>(
+        &self,
+        py: Python<'py>,
+        response: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let environ = self.bound_hooks()?.environ(py)?;
+        if let Some(permit) = take_permit(py, &environ)? {
+            if !is_streamed(py, &response)? {
+                permit.get().release_once();
+            }
+        }
+        Ok(response)
+    }
+
     /// The dependency 503 for `error`, an open breaker's `CircuitOpenError` that came out of
     /// the app.
     fn dependency(
@@ -174,6 +191,17 @@ impl DecisionCore {
         }
         Ok(permit)
     }
+}
+
+/// Whether a framework response streams its body: a list or tuple body does not (checked
+/// without running Python code); anything else is asked through its `is_streamed`.
+fn is_streamed(py: Python<'_>, response: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Some(body) = response.getattr_opt(intern!(py, "response"))? {
+        if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
+            return Ok(false);
+        }
+    }
+    response.getattr(intern!(py, "is_streamed"))?.is_truthy()
 }
 
 impl Hooks {

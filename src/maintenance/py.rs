@@ -40,7 +40,12 @@ pub fn prepare_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// logging failure has nowhere better to go. Once the interpreter is exiting it logs nothing.
 pub fn log_warning(message: &str) {
     static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let exiting = INTERPRETER_EXITING.read();
+    // `try_read`: it fails only while the exit hook holds or waits for the lock, and then
+    // nothing is logged. A blocking read could wait behind that writer while holding the GIL
+    // another reader needs to finish, and the three would wait for ever.
+    let Some(exiting) = INTERPRETER_EXITING.try_read() else {
+        return;
+    };
     if *exiting {
         return;
     }

@@ -606,3 +606,27 @@ fn a_message_no_reader_would_accept_is_refused_on_either_side() {
     );
     assert_eq!(rig.warnings(), 0);
 }
+
+#[test]
+fn a_switch_with_nothing_to_poll_never_starts_a_poller() {
+    let rig = Rig::new();
+    let hooks = Hooks {
+        background: true,
+        ..rig.hooks()
+    };
+    let config = Config {
+        env_var: None,
+        ..Config::default()
+    };
+    let switch = Maintenance::with_hooks(config, hooks);
+    rig.clock.advance(Duration::from_secs(3600));
+    for _ in 0..64 {
+        assert!(!switch.active());
+        assert!(!switch.status().active);
+    }
+    assert_eq!(
+        switch.poller_pid.load(Ordering::SeqCst),
+        0,
+        "a thread was started with nothing to look at"
+    );
+}
