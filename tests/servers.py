@@ -30,14 +30,17 @@ import http.client
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -585,3 +588,34 @@ def missing(name: str) -> str | None:
     else:
         found = importlib.util.find_spec(name) is not None
     return None if found else f"{name} is not installed: {INSTALL_HINT}"
+
+
+def until_served(
+    server: ServerProcess, path: str, *, clients: int, times: int, seconds: float
+) -> list[Response]:
+    """``clients`` threads, released together, each asking for ``path`` on one kept-alive
+    connection until it has been served ``times`` times, and retrying a 503 sooner than
+    Retry-After asks (to keep the gate under pressure). Every reply, in no particular order;
+    a client not served within ``seconds`` fails the test."""
+    barrier = threading.Barrier(clients)
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> list[Response]:
+        replies: list[Response] = []
+        conn = server.connection()
+        try:
+            barrier.wait(timeout=10)
+            while sum(reply.status == 200 for reply in replies) < times:
+                assert time.monotonic() < deadline, f"client {index} was never served"
+                conn.request("GET", path)
+                reply = conn.getresponse()
+                replies.append(Response(reply.status, reply.reason, reply.headers, reply.read()))
+                assert reply.status in (200, 503), replies[-1]
+                if reply.status == 503:
+                    time.sleep(random.uniform(0.002, 0.01))
+        finally:
+            conn.close()
+        return replies
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [reply for batch in pool.map(client, range(clients)) for reply in batch]

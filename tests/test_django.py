@@ -8,13 +8,11 @@ test brings its own ``settings.TIDEGATE`` and a client whose middleware was buil
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -26,7 +24,7 @@ from conftest import Reply
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, override_settings
 from gunicorn_apps import Meter
-from servers import GunicornServer, Response, wait_for
+from servers import GunicornServer, Response, until_served, wait_for
 
 from tidegate import CapacityGate, CircuitBreaker, HealthChecks, MaintenanceSwitch
 from tidegate.django import TideGateMiddleware, exempt
@@ -561,28 +559,7 @@ def assert_clean_log(server: GunicornServer) -> None:
 @pytest.mark.server
 def test_gunicorn_never_lets_more_than_the_limit_into_django(start_gunicorn: Start) -> None:
     server = start_gunicorn(SERVED, threads=4 * LIMIT, env={"TIDEGATE_TEST_LIMIT": str(LIMIT)})
-    served_per_client = 2
-    barrier = threading.Barrier(CLIENTS)
-    deadline = time.monotonic() + 20
-
-    def client(index: int) -> list[Response]:
-        replies: list[Response] = []
-        conn = server.connection()
-        try:
-            barrier.wait(timeout=10)
-            while sum(reply.status == 200 for reply in replies) < served_per_client:
-                assert time.monotonic() < deadline, f"client {index} was never served"
-                conn.request("GET", "/work?ms=30")
-                reply = conn.getresponse()
-                replies.append(Response(reply.status, reply.reason, reply.headers, reply.read()))
-                if reply.status == 503:
-                    time.sleep(random.uniform(0.002, 0.01))
-        finally:
-            conn.close()
-        return replies
-
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        replies = [reply for batch in pool.map(client, range(CLIENTS)) for reply in batch]
+    replies = until_served(server, "/work?ms=30", clients=CLIENTS, times=2, seconds=20)
 
     codes = Counter(reply.status for reply in replies)
     assert set(codes) == {200, 503}, codes

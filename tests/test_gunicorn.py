@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from gunicorn_apps import CHUNK, STATS_PATH
-from servers import GunicornServer, Response, ServerError, wait_for
+from servers import GunicornServer, Response, ServerError, until_served, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -78,30 +78,9 @@ def assert_clean_log(server: GunicornServer) -> None:
 def test_the_app_never_sees_more_than_the_limit(start_gunicorn: Start) -> None:
     server = serve(start_gunicorn)
     served_per_client = 2
-    barrier = threading.Barrier(CLIENTS)
-    deadline = time.monotonic() + 10
-
-    def client(index: int) -> list[Response]:
-        """Keeps asking on one kept-alive connection until served twice."""
-        replies: list[Response] = []
-        conn = server.connection()
-        try:
-            barrier.wait(timeout=10)
-            while sum(reply.status == 200 for reply in replies) < served_per_client:
-                assert time.monotonic() < deadline, f"client {index} was never served"
-                conn.request("GET", "/work?ms=30")
-                reply = conn.getresponse()
-                replies.append(Response(reply.status, reply.reason, reply.headers, reply.read()))
-                assert reply.status in (200, 503), replies[-1]
-                if reply.status == 503:
-                    # Sooner than Retry-After asks, to keep the gate under pressure.
-                    time.sleep(random.uniform(0.002, 0.01))
-        finally:
-            conn.close()
-        return replies
-
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        replies = [reply for batch in pool.map(client, range(CLIENTS)) for reply in batch]
+    replies = until_served(
+        server, "/work?ms=30", clients=CLIENTS, times=served_per_client, seconds=10
+    )
 
     codes = Counter(reply.status for reply in replies)
     for reply in replies:
