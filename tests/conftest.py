@@ -54,15 +54,16 @@ def environ_for(path: str = "/", method: str = "GET", **extra: str) -> dict[str,
     return environ
 
 
-def call(app: Any, path: str = "/", method: str = "GET", **extra: str) -> Reply:
-    """Runs one request the way a server does: call, iterate, close."""
+def drive(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """One request the way a server makes it: call, iterate, close. The status, the headers
+    as given and the body."""
     captured: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         captured[:] = [status, headers]
         return lambda data: None
 
-    body = app(environ_for(path, method, **extra), start_response)
+    body = app(environ, start_response)
     try:
         data = b"".join(body)
     finally:
@@ -70,6 +71,12 @@ def call(app: Any, path: str = "/", method: str = "GET", **extra: str) -> Reply:
         if close is not None:
             close()
     status, headers = captured
+    return status, headers, data
+
+
+def call(app: Any, path: str = "/", method: str = "GET", **extra: str) -> Reply:
+    """Runs one request the way a server does: call, iterate, close."""
+    status, headers, data = drive(app, environ_for(path, method, **extra))
     return Reply(status, dict(headers), data)
 
 

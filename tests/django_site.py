@@ -39,6 +39,7 @@ from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
 from gunicorn_apps import Meter, Stream
+from servers import STATS_PATH
 
 from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
 from tidegate.django import exempt
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
 STATE_ENV = "TIDEGATE_TEST_STATE"
-STATS_PATH = "/_stats"
 #: The gate of the served project (the in-process tests bring their own).
 GATE = CapacityGate(LIMIT)
 #: Opened afresh before every call through it, so each dependency 503 says the same

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from servers import STATS_PATH
+
 from tidegate import CircuitBreaker, HealthChecks, MaintenanceSwitch
 from tidegate.wsgi import TideGateMiddleware
 
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
 #: The state file ``conformance_application`` follows for maintenance and drain.
 STATE_ENV = "TIDEGATE_TEST_STATE"
-STATS_PATH = "/_stats"
 CHUNK = b"tick\n"
 
 

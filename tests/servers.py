@@ -619,3 +619,24 @@ def until_served(
 
     with ThreadPoolExecutor(clients) as pool:
         return [reply for batch in pool.map(client, range(clients)) for reply in batch]
+
+
+#: Where the test apps (gunicorn_apps, django_site) report what they measured.
+STATS_PATH = "/_stats"
+
+
+def stats(server: ServerProcess) -> dict[str, Any]:
+    """What the served test app measured, as its stats route reports it."""
+    reply = server.fetch(STATS_PATH)
+    assert reply.status == 200, reply
+    document: dict[str, Any] = reply.json()
+    return document
+
+
+def settled(server: ServerProcess) -> dict[str, Any]:
+    """The stats once nothing is in flight nor inside the app (within a few seconds)."""
+    return wait_for(
+        lambda: stats(server),
+        lambda now: now["in_flight"] == 0 and now["inside"] == 0,
+        what="nothing in flight after the clients finished",
+    )

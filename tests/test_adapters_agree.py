@@ -26,6 +26,7 @@ from wsgiref.util import setup_testing_defaults
 
 import django_site  # noqa: F401  (configures Django)
 import pytest
+from conftest import drive
 from django import urls
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse
@@ -102,20 +103,7 @@ def serve_once(app: Any, method: str, path: str, headers: dict[str, str]) -> Ans
     }
     environ.update({"HTTP_" + name.upper().replace("-", "_"): v for name, v in headers.items()})
     setup_testing_defaults(environ)
-    started: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        started[:] = [status, headers]
-        return lambda data: None
-
-    body = app(environ, start_response)
-    try:
-        data = b"".join(body)
-    finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-    return answer(started[0], started[1], data)
+    return answer(*drive(app, environ))
 
 
 def via_wsgi(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:

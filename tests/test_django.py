@@ -24,7 +24,7 @@ from conftest import Reply
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, override_settings
 from gunicorn_apps import Meter
-from servers import GunicornServer, Response, until_served, wait_for
+from servers import GunicornServer, Response, settled, stats, until_served, wait_for
 
 from tidegate import CapacityGate, CircuitBreaker, HealthChecks, MaintenanceSwitch
 from tidegate.django import TideGateMiddleware, exempt
@@ -522,21 +522,6 @@ LIMIT = 4
 CLIENTS = 24
 
 Start = Callable[..., GunicornServer]
-
-
-def stats(server: GunicornServer) -> dict[str, Any]:
-    reply = server.fetch(django_site.STATS_PATH)
-    assert reply.status == 200, reply
-    document: dict[str, Any] = reply.json()
-    return document
-
-
-def settled(server: GunicornServer) -> dict[str, Any]:
-    return wait_for(
-        lambda: stats(server),
-        lambda now: now["in_flight"] == 0 and now["inside"] == 0,
-        what="nothing in flight after the clients finished",
-    )
 
 
 def assert_served_503(reply: Response, reason: str) -> dict[str, Any]:

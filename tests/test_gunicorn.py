@@ -20,8 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from gunicorn_apps import CHUNK, STATS_PATH
-from servers import GunicornServer, Response, ServerError, until_served, wait_for
+from gunicorn_apps import CHUNK
+from servers import (
+    GunicornServer,
+    Response,
+    ServerError,
+    settled,
+    until_served,
+)
 
 pytestmark = pytest.mark.server
 
@@ -37,22 +43,6 @@ Start = Callable[..., GunicornServer]
 def serve(start_gunicorn: Start) -> GunicornServer:
     return start_gunicorn(
         APP, worker_class="gthread", threads=4 * LIMIT, env={"TIDEGATE_TEST_LIMIT": str(LIMIT)}
-    )
-
-
-def stats(server: GunicornServer) -> dict[str, Any]:
-    reply = server.fetch(STATS_PATH)
-    assert reply.status == 200, reply
-    document: dict[str, Any] = reply.json()
-    return document
-
-
-def settled(server: GunicornServer) -> dict[str, Any]:
-    """The stats once nothing is in flight nor inside the app (within a few seconds)."""
-    return wait_for(
-        lambda: stats(server),
-        lambda now: now["in_flight"] == 0 and now["inside"] == 0,
-        what="nothing in flight after the clients finished",
     )
 
 
