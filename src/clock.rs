@@ -120,6 +120,13 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Current Unix time in seconds with a fraction (0 if the system clock is before 1970).
+pub fn now_unix_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for instants in years 1..=9999.
 pub fn format_iso(unix: i64) -> Option<String> {
     if !(MIN_UNIX..=MAX_UNIX).contains(&unix) {

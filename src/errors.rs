@@ -331,6 +331,12 @@ pub fn io_error(action: &str, path: &std::path::Path, err: &std::io::Error) -> P
     PyOSError::new_err(format!("cannot {action} {}: {err}", path.display()))
 }
 
+/// A Redis store that could not be written or read: a `ConnectionError` (an `OSError`) with
+/// the store's URI (its password hidden) and what went wrong.
+pub fn store_error(action: &str, what: &str, err: &crate::store::StoreError) -> PyErr {
+    pyo3::exceptions::PyConnectionError::new_err(format!("cannot {action} {what}: {err}"))
+}
+
 /// An I/O failure with no path to name (a switch without a state file): the `OSError` says
 /// only what the system said.
 pub fn io_error_without_path(err: &std::io::Error) -> PyErr {

@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod gate;
 pub mod maintenance;
 pub mod retry_after;
+pub mod store;
 pub mod wsgi;
 
 #[pyo3::pymodule(gil_used = false)]

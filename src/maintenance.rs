@@ -68,6 +68,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::store::{self, Conn, StoreError, Subscription};
+
 pub use py::{
     drain_process_py, prepare_module, process_draining_py, undrain_process_py, write_atomic_py,
     MaintenanceStatusPy, MaintenanceSwitchPy,
@@ -88,6 +90,8 @@ pub enum Source {
     Local,
     Env,
     File,
+    /// A Redis store.
+    Redis,
 }
 
 impl Source {
@@ -96,6 +100,7 @@ impl Source {
             Self::Local => "local",
             Self::Env => "env",
             Self::File => "file",
+            Self::Redis => "redis",
         }
     }
 }
@@ -204,11 +209,31 @@ impl fmt::Debug for Hooks {
     }
 }
 
+/// Where the state every process shares lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// A state file: an absolute path, so a later `chdir` does not move it.
+    File(PathBuf),
+    /// A key in Redis.
+    Redis(store::Uri),
+}
+
+impl Store {
+    fn source(&self) -> Source {
+        match self {
+            Self::File(_) => Source::File,
+            Self::Redis(_) => Source::Redis,
+        }
+    }
+}
+
 /// How a switch is set up; validated by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// An absolute path, so a later `chdir` does not move it.
-    pub state_file: Option<PathBuf>,
+    pub store: Option<Store>,
+    /// Whether this process follows the store: polls it in the background and records a
+    /// heartbeat there. Off for a one-off reader or writer such as the CLI.
+    pub follow: bool,
     pub env_var: Option<String>,
     pub poll_interval: Duration,
     pub default_retry_after: u64,
@@ -217,7 +242,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            state_file: None,
+            store: None,
+            follow: true,
             env_var: Some("MAINTENANCE_MODE".to_owned()),
             poll_interval: Duration::from_secs(1),
             default_retry_after: 60,
@@ -235,11 +261,11 @@ pub struct Notice {
 
 const LOCAL_ACTIVE: u8 = 1;
 const ENV_ACTIVE: u8 = 1 << 1;
-const FILE_ACTIVE: u8 = 1 << 2;
+const SHARED_ACTIVE: u8 = 1 << 2;
 const LOCAL_DRAINING: u8 = 1 << 3;
-const FILE_DRAINING: u8 = 1 << 4;
-const ANY_ACTIVE: u8 = LOCAL_ACTIVE | ENV_ACTIVE | FILE_ACTIVE;
-const ANY_DRAINING: u8 = LOCAL_DRAINING | FILE_DRAINING;
+const SHARED_DRAINING: u8 = 1 << 4;
+const ANY_ACTIVE: u8 = LOCAL_ACTIVE | ENV_ACTIVE | SHARED_ACTIVE;
+const ANY_DRAINING: u8 = LOCAL_DRAINING | SHARED_DRAINING;
 
 /// Is this environment value one of the truthy spellings?
 pub fn is_truthy(value: &std::ffi::OsStr) -> bool {
@@ -268,6 +294,8 @@ pub enum ChangeError {
     TooLarge(TooLarge),
     /// Writing the state file failed.
     Io(io::Error),
+    /// The Redis store could not be written.
+    Store(StoreError),
 }
 
 impl From<io::Error> for ChangeError {
@@ -287,6 +315,7 @@ impl fmt::Display for ChangeError {
         match self {
             Self::TooLarge(err) => err.fmt(f),
             Self::Io(err) => err.fmt(f),
+            Self::Store(err) => err.fmt(f),
         }
     }
 }
@@ -294,11 +323,14 @@ impl fmt::Display for ChangeError {
 #[derive(Debug, Default)]
 struct Sides {
     local: State,
-    file: State,
+    /// What the store (file or Redis) says.
+    shared: State,
     /// Signature of the file version last read, good or bad.
     seen: Option<Signature>,
     /// A warning went out for the current bad episode.
     warned: bool,
+    /// The Redis store could not be reached at the last poll (and a warning said so).
+    lost: bool,
     /// Bumped by every write of this process, so a poll that read the file before the write
     /// does not put the old state back.
     writes: u64,
@@ -358,7 +390,7 @@ impl Maintenance {
     /// A switch that looks at the environment and the file once before it returns (on the
     /// caller's thread), then leaves that to its poller thread when `hooks.background` is set.
     pub fn with_hooks(config: Config, hooks: Hooks) -> Arc<Self> {
-        let polls = config.env_var.is_some() || config.state_file.is_some();
+        let polls = config.follow && (config.env_var.is_some() || config.store.is_some());
         let switch = Arc::new_cyclic(|me| Self {
             config,
             hooks,
@@ -409,8 +441,11 @@ impl Maintenance {
         let sides = self.sides.lock();
         let (source, side) = if sides.local.active {
             (Some(Source::Local), Some(&sides.local))
-        } else if sides.file.active {
-            (Some(Source::File), Some(&sides.file))
+        } else if sides.shared.active {
+            (
+                self.config.store.as_ref().map(Store::source),
+                Some(&sides.shared),
+            )
         } else if env_active {
             (Some(Source::Env), None)
         } else {
@@ -430,7 +465,7 @@ impl Maintenance {
             ),
             source,
             draining: sides.local.draining
-                || sides.file.draining
+                || sides.shared.draining
                 || self.hooks.process_drain.load(Ordering::Acquire),
         }
     }
@@ -440,7 +475,7 @@ impl Maintenance {
     pub fn enable(&self, notice: Notice, local: bool) -> Result<(), ChangeError> {
         self.change(local, move |state| {
             state.active = true;
-            state.message = notice.message;
+            state.message.clone_from(&notice.message);
             state.until = notice.until;
             state.retry_after = notice.retry_after.map(|secs| secs.min(MAX_DELAY));
         })
@@ -486,9 +521,9 @@ impl Maintenance {
 
     /// Applies `edit` to one side. Whatever the side, the result must fit in a state file every
     /// reader accepts, so a message that works in one process works for the whole fleet.
-    fn change(&self, local: bool, edit: impl FnOnce(&mut State)) -> Result<(), ChangeError> {
+    fn change(&self, local: bool, edit: impl Fn(&mut State)) -> Result<(), ChangeError> {
         let now = self.hooks.clock.now_unix();
-        let Some(path) = self.config.state_file.as_deref().filter(|_| !local) else {
+        let Some(store) = self.config.store.as_ref().filter(|_| !local) else {
             let mut sides = self.sides.lock();
             let mut state = sides.local.clone();
             edit(&mut state);
@@ -498,19 +533,41 @@ impl Maintenance {
             return Ok(());
         };
         let _writing = self.writing.lock();
-        let mut state = match state_file::look(path, None) {
-            Look::Read {
-                result: Ok(state), ..
-            } => state,
-            Look::Missing => State::default(),
-            // Unreadable: build on the last good state rather than on nothing.
-            Look::Read { result: Err(_), .. } | Look::Unchanged => self.sides.lock().file.clone(),
+        let state = match store {
+            Store::File(path) => {
+                let mut state = match state_file::look(path, None) {
+                    Look::Read {
+                        result: Ok(state), ..
+                    } => state,
+                    Look::Missing => State::default(),
+                    // Unreadable: build on the last good state rather than on nothing.
+                    Look::Read { result: Err(_), .. } | Look::Unchanged => {
+                        self.sides.lock().shared.clone()
+                    }
+                };
+                edit(&mut state);
+                let bytes = state_file::render_checked(&state, now)?;
+                state_file::write_atomic(path, &bytes)?;
+                state
+            }
+            Store::Redis(uri) => {
+                let last_good = self.sides.lock().shared.clone();
+                let mut conn = Conn::open(uri).map_err(ChangeError::Store)?;
+                conn.update(uri.maintenance_key(), |current| {
+                    let mut state = match current.map(state_file::parse) {
+                        None => State::default(),
+                        Some(Ok(state)) => state,
+                        Some(Err(_)) => last_good.clone(),
+                    };
+                    edit(&mut state);
+                    let bytes = state_file::render_checked(&state, now)?;
+                    Ok::<_, TooLarge>((bytes, state))
+                })
+                .map_err(ChangeError::Store)??
+            }
         };
-        edit(&mut state);
-        let bytes = state_file::render_checked(&state, now)?;
-        state_file::write_atomic(path, &bytes)?;
         let mut sides = self.sides.lock();
-        sides.file = state;
+        sides.shared = state;
         // The next poll reads back what is there now, and a poll under way is discarded.
         sides.seen = None;
         sides.warned = false;
@@ -529,9 +586,9 @@ impl Maintenance {
     fn publish(&self, sides: &Sides) {
         let bits = [
             (sides.local.active, LOCAL_ACTIVE),
-            (sides.file.active, FILE_ACTIVE),
+            (sides.shared.active, SHARED_ACTIVE),
             (sides.local.draining, LOCAL_DRAINING),
-            (sides.file.draining, FILE_DRAINING),
+            (sides.shared.draining, SHARED_DRAINING),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -562,7 +619,8 @@ impl Maintenance {
 
     #[cold]
     fn revive(&self) {
-        let polls = self.config.env_var.is_some() || self.config.state_file.is_some();
+        let polls =
+            self.config.follow && (self.config.env_var.is_some() || self.config.store.is_some());
         if !self.hooks.background || !polls {
             return;
         }
@@ -609,9 +667,14 @@ impl Maintenance {
         }
     }
 
-    /// Re-reads the environment and the state file now, on the caller's thread. The poller
-    /// thread calls this once per interval; tests call it instead of a poller.
+    /// Re-reads the environment and the store now, on the caller's thread, over a connection
+    /// made for this one look. Tests call this instead of a poller.
     pub fn poll_now(&self) {
+        self.poll(&mut Link::default());
+    }
+
+    /// Re-reads the environment and the store, reusing `link`'s connection to Redis.
+    fn poll(&self, link: &mut Link) {
         self.arm_watchdog();
         let env_active = self
             .config
@@ -624,33 +687,82 @@ impl Maintenance {
         } else {
             self.flags.fetch_and(!ENV_ACTIVE, Ordering::AcqRel);
         }
+        match &self.config.store {
+            None => {}
+            Some(Store::File(path)) => self.poll_file(path),
+            Some(Store::Redis(uri)) => self.poll_redis(uri, link),
+        }
+    }
 
-        let Some(path) = self.config.state_file.as_deref() else {
-            return;
-        };
+    fn poll_file(&self, path: &std::path::Path) {
         let (seen, writes) = {
             let sides = self.sides.lock();
             (sides.seen, sides.writes)
         };
         // The I/O, with no lock held: a writer never waits for a slow read.
         let look = state_file::look(path, seen);
+        let (result, signature) = match look {
+            Look::Unchanged => return,
+            Look::Missing => (Ok(State::default()), None),
+            Look::Read { result, signature } => (result, signature),
+        };
+        self.take_read(writes, signature, result, || {
+            format!("maintenance state file {}", path.display())
+        });
+    }
+
+    fn poll_redis(&self, uri: &store::Uri, link: &mut Link) {
+        let writes = self.sides.lock().writes;
+        let key = uri.maintenance_key();
+        let read = link.with(uri, |conn| conn.get(key));
+        let result = match read {
+            Ok(bytes) => bytes.map_or_else(|| Ok(State::default()), |b| state_file::parse(&b)),
+            Err(err) => {
+                let first = !std::mem::replace(&mut self.sides.lock().lost, true);
+                if first {
+                    (self.hooks.warn)(&format!(
+                        "maintenance store {uri} is lost ({err}); keeping the last known state"
+                    ));
+                }
+                return;
+            }
+        };
+        if std::mem::replace(&mut self.sides.lock().lost, false) {
+            (self.hooks.warn)(&format!("maintenance store {uri} is back"));
+        }
+        self.take_read(writes, None, result, || {
+            format!("maintenance store {uri}: the key {key}")
+        });
+        if self.config.follow {
+            let heartbeat = self.heartbeat();
+            let ttl = self.interval().saturating_mul(3).max(HEARTBEAT_MIN_TTL);
+            let hb_key = format!("{key}:seen:{}:{}", store::host_name(), std::process::id());
+            // A lost heartbeat is only a gap in the fleet view; the next poll says so if the
+            // store is really gone.
+            let _ = link.with(uri, |conn| conn.set_for(&hb_key, &heartbeat, ttl, false));
+        }
+    }
+
+    /// Applies what a poll read, unless this process wrote meanwhile (what was read may
+    /// predate the write); warns once per bad episode.
+    fn take_read(
+        &self,
+        writes: u64,
+        signature: Option<Signature>,
+        result: Result<State, String>,
+        what: impl FnOnce() -> String,
+    ) {
         let warning = {
             let mut sides = self.sides.lock();
             if sides.writes != writes {
-                // This process wrote meanwhile; what was read may predate it.
                 return;
             }
-            let (result, signature) = match look {
-                Look::Unchanged => return,
-                Look::Missing => (Ok(State::default()), None),
-                Look::Read { result, signature } => (result, signature),
-            };
             sides.seen = signature;
             match result {
                 Ok(state) => {
                     sides.warned = false;
-                    if sides.file != state {
-                        sides.file = state;
+                    if sides.shared != state {
+                        sides.shared = state;
                         self.publish(&sides);
                     }
                     None
@@ -658,10 +770,7 @@ impl Maintenance {
                 Err(_) if sides.warned => None,
                 Err(reason) => {
                     sides.warned = true;
-                    Some(format!(
-                        "maintenance state file {} {reason}; keeping the last good state",
-                        path.display()
-                    ))
+                    Some(format!("{} {reason}; keeping the last good state", what()))
                 }
             }
         };
@@ -669,28 +778,143 @@ impl Maintenance {
             (self.hooks.warn)(&message);
         }
     }
+
+    /// The heartbeats in a Redis store: every process that followed it within the last few
+    /// poll intervals, as JSON objects (`host`, `pid`, `active`, `source`, `draining`,
+    /// `polled_at`, `poll_interval`), oldest host and pid first. `Ok(None)` without a Redis store.
+    pub fn fleet(&self) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
+        let Some(Store::Redis(uri)) = &self.config.store else {
+            return Ok(None);
+        };
+        let pattern = format!("{}:seen:*", escape_glob(uri.maintenance_key()));
+        let mut conn = Conn::open(uri)?;
+        let mut beats: Vec<serde_json::Value> = conn
+            .scan_values(&pattern)?
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
+            .filter(serde_json::Value::is_object)
+            .collect();
+        beats.sort_by_key(|beat| (beat["host"].to_string(), beat["pid"].as_u64()));
+        Ok(Some(beats))
+    }
+
+    /// What this process records in the store on each poll: who it is and what it sees.
+    fn heartbeat(&self) -> Vec<u8> {
+        let status = self.status();
+        serde_json::to_vec(&serde_json::json!({
+            "host": store::host_name(),
+            "pid": std::process::id(),
+            "active": status.active,
+            "source": status.source.map(Source::as_str),
+            "draining": status.draining,
+            "polled_at": crate::clock::now_unix_f64(),
+            "poll_interval": self.interval().as_secs_f64(),
+        }))
+        .unwrap_or_default()
+    }
 }
 
-/// The poller thread: polls once per interval (first at once, when `poll_first`) until its
-/// switch is dropped. It holds the switch only while polling, so dropping the last handle
-/// elsewhere ends it at once.
+/// `key` with the characters `SCAN MATCH` treats as a pattern escaped.
+fn escape_glob(key: &str) -> String {
+    key.chars()
+        .flat_map(|c| {
+            let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// The shortest time a heartbeat stays in the store.
+const HEARTBEAT_MIN_TTL: Duration = Duration::from_secs(5);
+
+/// A poller's connections to a Redis store: one for commands, one subscribed to change
+/// notices. Owned by the polling thread alone, and dropped on any error (the next poll
+/// connects again).
+#[derive(Default)]
+struct Link {
+    conn: Option<Conn>,
+    notices: Option<Subscription>,
+    /// The last call failed: no subscribing until a poll gets through again.
+    failing: bool,
+}
+
+impl Link {
+    fn with<T>(
+        &mut self,
+        uri: &store::Uri,
+        call: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            slot => match Conn::open(uri) {
+                Ok(conn) => slot.insert(conn),
+                Err(err) => {
+                    self.failing = true;
+                    return Err(err);
+                }
+            },
+        };
+        let result = call(conn);
+        self.failing = result.is_err();
+        if self.failing {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Waits up to `interval` for a change notice; `false` when the wait ended without one.
+    /// Subscribes first when the store is reachable and no subscription stands; without one,
+    /// it only sleeps.
+    fn wait(&mut self, uri: Option<&store::Uri>, interval: Duration) -> bool {
+        if let (None, Some(uri), false) = (&self.notices, uri, self.failing) {
+            self.notices = Subscription::open(uri, uri.maintenance_key()).ok();
+        }
+        match &mut self.notices {
+            Some(notices) => match notices.wait(interval) {
+                Ok(noticed) => noticed,
+                Err(_) => {
+                    self.notices = None;
+                    false
+                }
+            },
+            None => {
+                // An early wake-up only means an early poll.
+                std::thread::park_timeout(interval);
+                false
+            }
+        }
+    }
+}
+
+/// The poller thread: polls once per interval (first at once, when `poll_first`), and at once
+/// on a change notice from a Redis store, until its switch is dropped. It holds the switch
+/// only while polling, so dropping the last handle elsewhere ends it within an interval.
 fn run_poller(me: &Weak<Maintenance>, wake: &Wake, mut poll_first: bool) {
+    let mut link = Link::default();
+    let mut last_poll = Instant::now();
     loop {
-        let interval = {
+        let (interval, uri) = {
             let Some(switch) = me.upgrade() else {
                 return;
             };
             if poll_first {
-                switch.poll_now();
+                switch.poll(&mut link);
+                last_poll = Instant::now();
             }
-            switch.interval()
+            let uri = match &switch.config.store {
+                Some(Store::Redis(uri)) => Some(uri.clone()),
+                _ => None,
+            };
+            (switch.interval(), uri)
         };
         poll_first = true;
         if wake.stopped.load(Ordering::Acquire) {
             return;
         }
-        // An early wake-up only means an early poll.
-        std::thread::park_timeout(interval);
+        if link.wait(uri.as_ref(), interval) {
+            // Notices come as fast as writers send them; polls stay at least this far apart.
+            std::thread::sleep(MIN_POLL_INTERVAL.saturating_sub(last_poll.elapsed()));
+        }
         if wake.stopped.load(Ordering::Acquire) {
             return;
         }

@@ -142,7 +142,7 @@ def test_status_is_a_frozen_snapshot_with_a_readable_repr() -> None:
     assert "message=\"Back at 'noon'\"" in text
     assert "until='2031-01-02T12:00:00Z'" in text
     assert "draining=False" in text
-    assert repr(switch).startswith("MaintenanceSwitch(state_file=None, env_var=None")
+    assert repr(switch).startswith("MaintenanceSwitch(store=None, env_var=None")
 
 
 # -- environment ----------------------------------------------------------------------------
@@ -720,7 +720,11 @@ def test_writes_are_atomic_to_readers_in_a_tight_loop(
 @pytest.mark.parametrize(
     ("param", "value", "error", "says"),
     [
-        ("state_file", 123, TypeError, "must be a str, an os.PathLike or None, got int"),
+        ("state_file", 123, TypeError, "must be a str, an os.PathLike or None (a state file"),
+        ("store", 123, TypeError, "or a redis:// or unix:// store URI), got int"),
+        ("store", "redis://h:0", ValueError, "must have a port from 1 to 65535"),
+        ("store", "rediss://h", ValueError, "uses TLS"),
+        ("store", "redis://h?bogus=1", ValueError, "unknown query parameter"),
         ("state_file", "", ValueError, "must not be empty"),
         ("state_file", "folder/", ValueError, "must name a file, got 'folder/'"),
         ("env_var", 5, TypeError, "must be a str or None, got int"),

@@ -472,13 +472,24 @@ class MaintenanceSwitch:
 
     def __new__(
         cls,
-        state_file: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
         *,
         env_var: str | None = "MAINTENANCE_MODE",
         poll_interval: float = 1.0,
         default_retry_after: int = 60,
+        state_file: str | os.PathLike[str] | None = None,
+        _follow: bool = True,
     ) -> MaintenanceSwitch:
-        """``state_file`` is resolved to an absolute path now; ``env_var=None`` ignores the
+        """``store`` is a state file path (resolved to an absolute path now) or a Redis store
+        URI: ``redis://[[user]:password@]host[:port][/db][?key=NAME]`` or
+        ``unix:///path/to/redis.sock[?key=NAME&db=N&password=P]``. With Redis the state lives
+        at ``key`` (``tidegate:maintenance`` by default) in the same JSON form as the file;
+        a background thread (no GIL) reads it once per ``poll_interval`` and at once when a
+        writer announces a change, and records this process's heartbeat beside it
+        (``<key>:seen:<host>:<pid>``, expiring after three intervals, at least 5 s). A store
+        that cannot be reached leaves the last known state standing, with one warning when it
+        is lost and one when it is back; every connect, read and write has a 1 s timeout.
+        ``state_file=`` is the older name of ``store`` for a path. ``env_var=None`` ignores the
         environment; ``poll_interval`` is finite seconds >= 0 (the poller looks at most every
         10 ms, so 0 means as often as that);
         ``default_retry_after`` is whole seconds >= 0. Bad values raise ``ValueError`` or
@@ -495,6 +506,8 @@ class MaintenanceSwitch:
         """Turn maintenance on, with a message, an estimated end (a naive ``until`` is UTC) and
         an explicit Retry-After (a ``timedelta`` is rounded up to whole seconds).
 
+        With a Redis store the key is replaced atomically (``WATCH``/``MULTI``) and a change
+        notice published; ``ConnectionError`` (an ``OSError``) if the store cannot be written.
         With a state file the file is replaced atomically (``OSError`` if that fails): this
         switch sees the change at once, every other process within ``poll_interval``. A
         ``message`` that would make the file larger than the 64 KiB every reader accepts is a
@@ -540,7 +553,15 @@ class MaintenanceSwitch:
 
     @property
     def state_file(self) -> str | None:
-        """The absolute path of the state file, if any."""
+        """The absolute path of the state file, if any (``None`` with a Redis store)."""
+
+    @property
+    def store(self) -> str | None:
+        """The state file's path or the store's URI (its password hidden), if any."""
+
+    def _fleet(self) -> str | None:
+        """The heartbeats in a Redis store as a JSON array, ``None`` for a state file
+        (used by the CLI; not public API). ``ConnectionError`` if the store cannot be read."""
 
     @property
     def env_var(self) -> str | None:

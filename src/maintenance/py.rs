@@ -9,12 +9,16 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyString};
 
-use super::{state_file, ChangeError, Config, Maintenance, Notice, State, Status, MAX_DELAY};
+use super::{
+    state_file, ChangeError, Config, Maintenance, Notice, State, Status, Store, MAX_DELAY,
+};
 use crate::clock::{datetime_seconds, datetime_type, unix_to_datetime, MAX_UNIX, MIN_UNIX};
 use crate::errors::{
-    describe, int_beyond_float, io_error, io_error_without_path, type_name, whole_number, ArgError,
+    describe, int_beyond_float, io_error, io_error_without_path, store_error, type_name,
+    whole_number, ArgError,
 };
 use crate::retry_after::{RetryAfter, RetryAfterPy};
+use crate::store;
 
 /// Set once the interpreter starts to shut down; held for reading while a thread of ours that
 /// Python did not start is attached to it, so shutdown waits for that thread to detach and no
@@ -73,29 +77,45 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Given<'py> {
     }
 }
 
+/// A store as it can be shown: a path, or a URI without its password.
+fn describe_store(store: &Store) -> String {
+    match store {
+        Store::File(path) => path.to_string_lossy().into_owned(),
+        Store::Redis(uri) => uri.to_string(),
+    }
+}
+
 fn str_repr(py: Python<'_>, text: &str) -> String {
     describe(PyString::new(py, text).as_any())
 }
 
-fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf>, ArgError> {
+fn extract_store(
+    param: &'static str,
+    value: Option<&Bound<'_, PyAny>>,
+) -> Result<Option<Store>, ArgError> {
     let Some(value) = value else {
         return Ok(None);
     };
+    if let Ok(text) = value.extract::<String>() {
+        if store::is_uri(&text) {
+            return store::Uri::parse(param, &text).map(|uri| Some(Store::Redis(uri)));
+        }
+    }
     let path: PathBuf = value.extract().map_err(|_| {
         ArgError::type_(
-            "state_file",
+            param,
             format!(
-                "must be a str, an os.PathLike or None, got {}",
+                "must be a str, an os.PathLike or None (a state file path, or a redis:// or unix:// store URI), got {}",
                 type_name(value)
             ),
         )
     })?;
     if path.as_os_str().is_empty() {
-        return Err(ArgError::value("state_file", "must not be empty, got ''"));
+        return Err(ArgError::value(param, "must not be empty, got ''"));
     }
     let absolute = std::path::absolute(&path).map_err(|err| {
         ArgError::value(
-            "state_file",
+            param,
             format!("cannot be resolved: {}: {err}", path.display()),
         )
     })?;
@@ -106,11 +126,11 @@ fn extract_state_file(value: Option<&Bound<'_, PyAny>>) -> Result<Option<PathBuf
         .is_some_and(std::path::is_separator);
     if absolute.file_name().is_none() || trailing_separator {
         return Err(ArgError::value(
-            "state_file",
+            param,
             format!("must name a file, got {}", describe(value)),
         ));
     }
-    Ok(Some(absolute))
+    Ok(Some(Store::File(absolute)))
 }
 
 fn extract_local(value: Given<'_>) -> Result<bool, ArgError> {
@@ -330,10 +350,16 @@ impl MaintenanceSwitchPy {
             ChangeError::TooLarge(too_large) => {
                 ArgError::value("message", format!("is too long: it {too_large}")).into()
             }
-            ChangeError::Io(err) => match &core.config().state_file {
-                Some(path) => io_error(action, path, &err),
-                None => io_error_without_path(&err),
+            ChangeError::Io(err) => match &core.config().store {
+                Some(Store::File(path)) => io_error(action, path, &err),
+                _ => io_error_without_path(&err),
             },
+            ChangeError::Store(err) => {
+                let what = core.config().store.as_ref().map_or_else(String::new, |s| {
+                    format!("maintenance store {}", describe_store(s))
+                });
+                store_error(action, &what, &err)
+            }
         })
     }
 }
@@ -343,23 +369,40 @@ impl MaintenanceSwitchPy {
     #[new]
     #[pyo3(
         signature = (
-            state_file=None,
+            store=None,
             *,
             env_var=Given(None),
             poll_interval=Given(None),
             default_retry_after=Given(None),
+            state_file=None,
+            _follow=true,
         ),
-        text_signature = "(state_file=None, *, env_var='MAINTENANCE_MODE', poll_interval=1.0, default_retry_after=60)"
+        text_signature = "(store=None, *, env_var='MAINTENANCE_MODE', poll_interval=1.0, default_retry_after=60)"
     )]
     fn new(
         py: Python<'_>,
-        state_file: Option<&Bound<'_, PyAny>>,
+        store: Option<&Bound<'_, PyAny>>,
         env_var: Given<'_>,
         poll_interval: Given<'_>,
         default_retry_after: Given<'_>,
+        state_file: Option<&Bound<'_, PyAny>>,
+        _follow: bool,
     ) -> PyResult<Self> {
+        // `state_file=` is the name this parameter had before stores other than files.
+        let store = match (store, state_file) {
+            (Some(_), Some(_)) => {
+                return Err(ArgError::type_(
+                    "store",
+                    "and state_file= are the same parameter; give one",
+                )
+                .into())
+            }
+            (Some(store), None) => extract_store("store", Some(store))?,
+            (None, state_file) => extract_store("state_file", state_file)?,
+        };
         let config = Config {
-            state_file: extract_state_file(state_file)?,
+            store,
+            follow: _follow,
             env_var: extract_env_var(env_var)?,
             poll_interval: extract_poll_interval(poll_interval)?,
             default_retry_after: extract_default_retry_after(default_retry_after)?,
@@ -433,11 +476,31 @@ impl MaintenanceSwitchPy {
 
     #[getter]
     fn state_file(&self) -> Option<std::ffi::OsString> {
-        self.core
-            .config()
-            .state_file
-            .as_ref()
-            .map(|path| path.as_os_str().to_owned())
+        match &self.core.config().store {
+            Some(Store::File(path)) => Some(path.as_os_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// The processes following a Redis store, as a JSON array (`None` for another store):
+    /// for the CLI's status.
+    fn _fleet(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let core = &self.core;
+        match py.detach(|| core.fleet()) {
+            Ok(beats) => Ok(beats.map(|beats| serde_json::Value::from(beats).to_string())),
+            Err(err) => {
+                let what = core.config().store.as_ref().map_or_else(String::new, |s| {
+                    format!("maintenance store {}", describe_store(s))
+                });
+                Err(store_error("read", &what, &err))
+            }
+        }
+    }
+
+    /// The state file's path or the store's URI (its password hidden); `None` without either.
+    #[getter]
+    fn store(&self) -> Option<String> {
+        self.core.config().store.as_ref().map(describe_store)
     }
 
     #[getter]
@@ -457,16 +520,16 @@ impl MaintenanceSwitchPy {
 
     fn __repr__(&self, py: Python<'_>) -> String {
         let config = self.core.config();
-        let state_file = config
-            .state_file
+        let store = config
+            .store
             .as_ref()
-            .map_or_else(|| "None".to_owned(), |p| str_repr(py, &p.to_string_lossy()));
+            .map_or_else(|| "None".to_owned(), |s| str_repr(py, &describe_store(s)));
         let env_var = config
             .env_var
             .as_deref()
             .map_or_else(|| "None".to_owned(), |n| str_repr(py, n));
         format!(
-            "MaintenanceSwitch(state_file={state_file}, env_var={env_var}, poll_interval={:?}, active={}, draining={})",
+            "MaintenanceSwitch(store={store}, env_var={env_var}, poll_interval={:?}, active={}, draining={})",
             config.poll_interval.as_secs_f64(),
             if self.core.active() { "True" } else { "False" },
             if self.core.draining() { "True" } else { "False" },

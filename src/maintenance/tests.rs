@@ -61,7 +61,7 @@ impl Rig {
 
     fn switch(&self, state_file: Option<PathBuf>, poll: Duration) -> Arc<Maintenance> {
         let config = Config {
-            state_file,
+            store: state_file.map(Store::File),
             poll_interval: poll,
             ..Config::default()
         };
@@ -448,7 +448,7 @@ fn the_background_poller_follows_the_file_and_the_environment() {
         ..rig.hooks()
     };
     let config = Config {
-        state_file: Some(path),
+        store: Some(Store::File(path)),
         poll_interval: Duration::from_millis(20),
         ..Config::default()
     };

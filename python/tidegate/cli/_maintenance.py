@@ -18,7 +18,7 @@ def run_maintenance_on(args: argparse.Namespace) -> int:
         lambda s: s.enable(message=args.message, until=until, retry_after=args.retry_after),
     )
     print_status(switch, sys.stdout)
-    print("Every worker polling this file follows within its poll interval.")
+    print("Every worker following this state follows within its poll interval.")
     return 0
 
 
@@ -39,7 +39,8 @@ def run_maintenance_status(args: argparse.Namespace) -> int:
     elif not warnings:
         print_status(switch, sys.stdout)
     if warnings:
-        print(f"{PROG}: error: {warnings[0]}", file=sys.stderr)
+        reason = warnings[0].split("; keeping the last")[0]
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
         return 1
     return 0
 
@@ -48,5 +49,5 @@ def run_drain(args: argparse.Namespace) -> int:
     switch = write_state(args, lambda s: s.undrain() if args.off else s.drain())
     print_status(switch, sys.stdout)
     if not args.off:
-        print("Every worker polling this file drains within its poll interval.")
+        print("Every worker following this state drains within its poll interval.")
     return 0

@@ -102,8 +102,9 @@ and end time come from the state file unless given here.
 def _state_option(parser: argparse.ArgumentParser, *, required_help: str) -> None:
     parser.add_argument(
         "--state",
-        metavar="PATH",
-        help=f"the JSON state file every worker polls ({required_help})",
+        metavar="PATH|URI",
+        help="the JSON state file every worker polls, or a redis:// or unix:// store URI "
+        f"shared by a fleet ({required_help})",
     )
 
 

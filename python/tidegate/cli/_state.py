@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,20 +74,28 @@ def _is_folder(prog: str, option: str, path: Path) -> bool:
         raise UsageError(prog, f"argument {option}: {exc.strerror or exc}: {path}") from None
 
 
-def _state_path(args: argparse.Namespace, *, writing: bool) -> Path:
+def _state_target(args: argparse.Namespace, *, writing: bool) -> Path | str:
+    """``--state`` (or ``$TIDEGATE_STATE_FILE``): a checked path, or a store URI as given."""
     text = args.state or os.environ.get(STATE_ENV, "")
     if not text:
         raise UsageError(args.prog, f"argument --state is required (or set {STATE_ENV})")
+    if is_store_uri(text):
+        return text
     return target_path(args.prog, "--state", text, writing=writing)
 
 
+def is_store_uri(text: str) -> bool:
+    return text.lower().startswith(("redis://", "rediss://", "unix://"))
+
+
 def open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
-    """The switch over ``--state`` (the environment is ignored: the file is what the command
-    is about), and the warnings reading the file gave."""
-    path = _state_path(args, writing=writing)
+    """The switch over ``--state`` (the environment is ignored: the file or store is what the
+    command is about), and the warnings reading it gave. The switch only looks once: it
+    neither polls nor records itself among a store's followers."""
+    target = _state_target(args, writing=writing)
     with _collect_warnings() as warnings:
         try:
-            switch = MaintenanceSwitch(path, env_var=None)
+            switch = MaintenanceSwitch(target, env_var=None, _follow=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(args.prog, f"argument --state: {exc}") from None
     return switch, warnings
@@ -101,15 +111,35 @@ def write_state(args: argparse.Namespace, change: Any) -> MaintenanceSwitch:
         raise CommandError(str(exc)) from None
     for warning in warnings:
         print(
-            f"{PROG}: note: replaced a state file that could not be read ({warning})",
+            f"{PROG}: note: replaced {'a state file' if switch.state_file else 'a stored state'}"
+            f" that could not be read ({warning})",
             file=sys.stderr,
         )
     return switch
 
 
+def fleet(switch: MaintenanceSwitch) -> list[dict[str, Any]] | None:
+    """The processes following the switch's Redis store (``None`` for a state file)."""
+    try:
+        text = switch._fleet()
+    except OSError as exc:
+        raise CommandError(str(exc)) from None
+    return None if text is None else list(json.loads(text))
+
+
 def status_document(switch: MaintenanceSwitch, status: MaintenanceStatus) -> dict[str, Any]:
     path = switch.state_file
     exists = path is not None and os.path.isfile(path)
+    if path is None:
+        return {
+            "store": switch.store,
+            "active": status.active,
+            "message": status.message,
+            "until": iso_utc(status.until),
+            "retry_after": status.retry_after.delay() if status.active else None,
+            "draining": status.draining,
+            "processes": fleet(switch),
+        }
     return {
         "state_file": path,
         "exists": exists,
@@ -142,9 +172,36 @@ def print_status(switch: MaintenanceSwitch, out: TextIO) -> None:
         )
     else:
         print(f"{'draining':<14}off", file=out)
+    if not path:
+        _print_fleet(switch, status, out)
+        return
     try:
         changed = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc)
         where = f"last changed {human_time(changed)}"
     except OSError:
         where = "not there yet: nothing is on"
     print(f"{'state file':<14}{path} ({where})", file=out)
+
+
+def _print_fleet(switch: MaintenanceSwitch, status: MaintenanceStatus, out: TextIO) -> None:
+    """The store, then one line per process following it: what it sees and how recently."""
+    print(f"{'store':<14}{switch.store}", file=out)
+    processes = fleet(switch) or []
+    agree = sum(1 for p in processes if p.get("active") == status.active)
+    print(
+        f"{'processes':<14}{len(processes)} following, {agree} of them see maintenance "
+        f"{'ON' if status.active else 'off'}",
+        file=out,
+    )
+    if not processes:
+        return
+    now = time.time()
+    print(f"  {'host':<24}{'pid':>8}  {'maintenance':<13}{'draining':<10}last poll", file=out)
+    for beat in processes:
+        age = now - float(beat.get("polled_at") or 0)
+        print(
+            f"  {str(beat.get('host'))[:23]:<24}{beat.get('pid')!s:>8}  "
+            f"{'ON' if beat.get('active') else 'off':<13}"
+            f"{'yes' if beat.get('draining') else 'no':<10}{max(age, 0):.1f} s ago",
+            file=out,
+        )
