@@ -1,11 +1,12 @@
 """Shared fixtures: WSGI apps that record what the middleware does to them, a tiny
 in-process WSGI server loop that iterates and closes bodies the way real servers do, real
-Gunicorn servers (see ``servers.py``), and :func:`hammer`, which runs one callable from many
+Gunicorn servers (see ``servers.py``), a real Redis (``redis_server.py``), and :func:`hammer`, which runs one callable from many
 threads at once for the concurrency tests."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 from hypothesis import settings
+from redis_server import RedisServer, redis_missing
 from servers import GunicornServer
 
 T = TypeVar("T")
@@ -334,3 +336,22 @@ GOOD_STATUS_URLS = [
     "/",
     "/status//history",
 ]
+
+
+def need_redis() -> None:
+    """Skips the test where no ``redis-server`` is installed, saying how to install it; under
+    ``CI`` fails instead, since there a missing server is a broken set-up."""
+    why = redis_missing()
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` of the test's own on a loopback port, stopped afterwards."""
+    need_redis()
+    with RedisServer() as server:
+        yield server
