@@ -1,7 +1,8 @@
 """Shared fixtures: WSGI apps that record what the middleware does to them, a tiny
 in-process WSGI server loop that iterates and closes bodies the way real servers do, real
-Gunicorn servers (see ``servers.py``), a real Redis (``redis_server.py``), and :func:`hammer`, which runs one callable from many
-threads at once for the concurrency tests."""
+Gunicorn servers (see ``servers.py``), a real Redis (``redis_server.py``), and
+:func:`hammer`, which runs one callable from many threads at once for the concurrency
+tests."""
 
 from __future__ import annotations
 
