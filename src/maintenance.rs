@@ -863,11 +863,16 @@ impl Link {
     }
 
     /// Waits up to `interval` for a change notice; `false` when the wait ended without one.
-    /// Subscribes first when the store is reachable and no subscription stands; without one,
+    /// Subscribes first when the store is reachable and no subscription stands, and then
+    /// returns `true` at once, so a poll covers what changed before; without a subscription,
     /// it only sleeps.
     fn wait(&mut self, uri: Option<&store::Uri>, interval: Duration) -> bool {
         if let (None, Some(uri), false) = (&self.notices, uri, self.failing) {
             self.notices = Subscription::open(uri, uri.maintenance_key()).ok();
+            if self.notices.is_some() {
+                // A change made before the subscription took has sent its notice to nobody.
+                return true;
+            }
         }
         match &mut self.notices {
             Some(notices) => match notices.wait(interval) {
