@@ -6,7 +6,8 @@ is ``TIDEGATE_TEST_LIMIT`` (default 4); ``gunicorn_apps:ready_application``, the
 readiness at ``/health`` and liveness at ``/health/live``; and
 ``gunicorn_apps:conformance_application``, which can give every kind of response (see
 ``conformance_app``): limit 1, health, and maintenance and drain from the state file named by
-``TIDEGATE_TEST_STATE``. Routes:
+``TIDEGATE_TEST_STATE``; and ``gunicorn_apps:fleet_application`` (see ``fleet_app``), which
+follows the store URI in ``TIDEGATE_TEST_STORE`` for maintenance and drain. Routes:
 
 - ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``.
 - ``/stream?chunks=100&ms=10``: ``chunks`` chunks of ``tick\\n`` with ``ms`` milliseconds before
@@ -232,3 +233,38 @@ def _conformance_application() -> TideGateMiddleware:
 
 
 conformance_application = _conformance_application()
+
+
+#: The store URI ``fleet_application`` follows, and its poll interval in seconds.
+STORE_ENV = "TIDEGATE_TEST_STORE"
+POLL_ENV = "TIDEGATE_TEST_POLL"
+SEEN_PATH = "/_seen"
+
+
+def _fleet_application() -> TideGateMiddleware | None:
+    store = os.environ.get(STORE_ENV)
+    if store is None:
+        return None
+    switch = MaintenanceSwitch(
+        store, env_var=None, poll_interval=float(os.environ.get(POLL_ENV, "1.0"))
+    )
+    return TideGateMiddleware(
+        fleet_app,
+        limit=LIMIT,
+        maintenance=switch,
+        health=HealthChecks(),
+        exempt_paths=[STATS_PATH, SEEN_PATH],
+    )
+
+
+def fleet_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """``measured_app`` plus ``/_seen`` (exempt): this worker's pid and what its switch says."""
+    if environ.get("PATH_INFO") == SEEN_PATH:
+        assert fleet_application is not None and fleet_application.maintenance is not None
+        switch = fleet_application.maintenance
+        seen = {"pid": os.getpid(), "active": switch.active, "draining": switch.draining}
+        return _text(start_response, "200 OK", json.dumps(seen).encode())
+    return measured_app(environ, start_response)
+
+
+fleet_application = _fleet_application()
