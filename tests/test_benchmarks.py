@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need_redis
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -73,3 +74,17 @@ def test_request_cost_prints_every_candidate_and_target() -> None:
         assert len(table_row(output, label)) >= 1, label
     assert "(target <= 0.25)" in output and "(target <= 0.50)" in output
     assert output.rstrip().splitlines()[-1] in ("targets met", "TARGETS MISSED")
+
+
+def test_fleet_prints_its_three_parts_and_the_targets() -> None:
+    need_redis()
+    output = run_quick("fleet.py")
+    assert "state file" in output and "Redis store" in output
+    assert "polling only   median" in output and "change notice  median" in output
+    for label in ("Redis up", "Redis killed halfway"):
+        ok, failed = table_row(output, "   " + label)[0], table_row(output, "   " + label)[2]
+        assert int(ok) > 0, output
+        assert failed.isdigit(), output
+    assert output.count("(target <=") == 4
+    last = output.rstrip().splitlines()[-1]
+    assert last == "targets met" or last.startswith("TARGETS MISSED: ")
