@@ -59,10 +59,14 @@ pub fn host_name() -> &'static str {
     })
 }
 
-/// Is `text` a store URI rather than a file path?
+/// Is `text` meant as a URI rather than a file path? Anything that starts like one
+/// (`scheme://`), so a mistyped or unsupported scheme is refused instead of becoming a file.
 pub fn is_uri(text: &str) -> bool {
-    ["redis://", "rediss://", "unix://"].iter().any(|scheme| {
-        text.len() >= scheme.len() && text[..scheme.len()].eq_ignore_ascii_case(scheme)
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     })
 }
 

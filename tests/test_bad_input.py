@@ -173,12 +173,102 @@ CONFIGURATION: dict[str, list[Row]] = {
     "MaintenanceSwitch": [
         Row(
             "MaintenanceSwitch(5)",
-            "TypeError: state_file: must be a str, an os.PathLike or None, got int",
+            "TypeError: store: must be a str, an os.PathLike or None (a state file path, or a "
+            "redis:// or unix:// store URI), got int",
         ),
-        Row("MaintenanceSwitch('')", "ValueError: state_file: must not be empty, got ''"),
+        Row("MaintenanceSwitch('')", "ValueError: store: must not be empty, got ''"),
         Row(
             "MaintenanceSwitch('/var/run/app/')",
-            "ValueError: state_file: must name a file, got '/var/run/app/'",
+            "ValueError: store: must name a file, got '/var/run/app/'",
+        ),
+        Row(
+            "MaintenanceSwitch(state_file='')", "ValueError: state_file: must not be empty, got ''"
+        ),
+        Row(
+            "MaintenanceSwitch('a.json', state_file='b.json')",
+            "TypeError: store: and state_file= are the same parameter; give one",
+        ),
+        Row(
+            "MaintenanceSwitch('redis://')",
+            'ValueError: store: must name a host, got "redis://"',
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache:0')",
+            'ValueError: store: must have a port from 1 to 65535, got "redis://cache:0"',
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache:65536')",
+            'ValueError: store: must have a port from 1 to 65535, got "redis://cache:65536"',
+        ),
+        Row(
+            "MaintenanceSwitch('redis://user:hunter2@cache:http')",
+            ('ValueError: store: must have a port from 1 to 65535, got "redis://***@cache:http"'),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache/x')",
+            (
+                'ValueError: store: must have a database number from 0 to 65535, not "x", got '
+                '"redis://cache/x"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache?db=2')",
+            (
+                'ValueError: store: has an unknown query parameter "db" (known: key), got '
+                '"redis://cache?db=2"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache?key=')",
+            (
+                "ValueError: store: must have a key= of 1 to 512 characters without control "
+                'characters, got "redis://cache?key="'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache?key=a%0Ab')",
+            (
+                "ValueError: store: must have a key= of 1 to 512 characters without control "
+                'characters, got "redis://cache?key=a%0Ab"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://%zz@cache')",
+            'ValueError: store: has a malformed %-escape, got "redis://***@cache"',
+        ),
+        Row(
+            "MaintenanceSwitch('redis://[::1')",
+            'ValueError: store: has an unclosed [ in its host, got "redis://[::1"',
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache#top')",
+            'ValueError: store: must not have a #fragment, got "redis://cache#top"',
+        ),
+        Row(
+            "MaintenanceSwitch('rediss://cache')",
+            (
+                "ValueError: store: uses TLS (rediss://), which this build of tidegate cannot "
+                "speak; reach Redis over redis:// on a private network or a unix:// socket, got"
+                ' "rediss://cache"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('unix://redis.sock')",
+            (
+                "ValueError: store: must give an absolute socket path "
+                '(unix:///path/to/redis.sock), got "unix://redis.sock"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('unix:///run/redis.sock?password=hunter2&pasword=x')",
+            (
+                'ValueError: store: has an unknown query parameter "pasword" (known: key, db, '
+                'username, password), got "unix:///run/redis.sock?password=***"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('memcached://cache')",
+            ('ValueError: store: must start with redis:// or unix://, got "memcached://cache"'),
         ),
         Row(
             "MaintenanceSwitch(env_var='')",
@@ -685,7 +775,7 @@ CONFIGURATION: dict[str, list[Row]] = {
         ),
         Row(
             "TideGateMiddleware(app, maintenance='')",
-            "ValueError: maintenance: state_file: must not be empty, got ''",
+            "ValueError: maintenance: store: must not be empty, got ''",
         ),
         Row(
             "TideGateMiddleware(app, exempt_paths='/health')",
@@ -863,6 +953,37 @@ CONFIGURATION: dict[str, list[Row]] = {
     ],
     "CLI (tidegate)": [
         Row(
+            "result = cli('maintenance', 'on', '--state', 'rediss://cache')",
+            (
+                "exit 2: tidegate maintenance on: error: argument --state: store: uses TLS "
+                "(rediss://), which this build of tidegate cannot speak; reach Redis over "
+                'redis:// on a private network or a unix:// socket, got "rediss://cache" (see '
+                "tidegate maintenance on --help)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'on', '--state', 'redis://127.0.0.1:1')",
+            (
+                "exit 1: tidegate: error: cannot write maintenance store redis://127.0.0.1:1/0:"
+                " cannot connect: Connection refused (os error 111)"
+            ),
+        ),
+        Row(
+            "result = cli('maintenance', 'status', '--state', 'redis://127.0.0.1:1')",
+            (
+                "exit 1: tidegate: error: maintenance store redis://127.0.0.1:1/0 is lost "
+                "(cannot connect: Connection refused (os error 111))"
+            ),
+        ),
+        Row(
+            "result = cli('drain', '--state', 'unix:///nonexistent/redis.sock')",
+            (
+                "exit 1: tidegate: error: cannot write maintenance store "
+                "unix:///nonexistent/redis.sock?db=0: cannot connect: No such file or directory"
+                " (os error 2)"
+            ),
+        ),
+        Row(
             "result = cli()",
             (
                 "exit 2: tidegate: error: choose a command: maintenance, drain, page or demo "
@@ -994,7 +1115,7 @@ CONFIGURATION: dict[str, list[Row]] = {
             "result = cli('maintenance', 'status', '--state', 'GARBAGE')",
             (
                 "exit 1: tidegate: error: maintenance state file GARBAGE is not a valid state "
-                "file: key must be a string at line 1 column 3; keeping the last good state"
+                "file: key must be a string at line 1 column 3"
             ),
         ),
         Row(

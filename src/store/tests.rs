@@ -105,6 +105,11 @@ fn uris_are_told_from_paths() {
     assert!(is_uri("rediss://h"));
     assert!(!is_uri("/run/app/state.json"));
     assert!(!is_uri("redis"));
+    assert!(
+        is_uri("memcached://h"),
+        "an unknown scheme is refused, not taken for a path"
+    );
+    assert!(!is_uri("./state://x"));
 }
 
 #[test]

@@ -85,7 +85,10 @@ def _state_target(args: argparse.Namespace, *, writing: bool) -> Path | str:
 
 
 def is_store_uri(text: str) -> bool:
-    return text.lower().startswith(("redis://", "rediss://", "unix://"))
+    """Whether ``text`` is meant as a URI (``scheme://...``): the switch accepts the ones it
+    knows and refuses the rest, rather than taking them for a file path."""
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme[:1].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)
 
 
 def open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
