@@ -12,12 +12,13 @@
 //! # Store URIs
 //!
 //! - `redis://[[username]:password@]host[:port][/db][?key=NAME]` (port 6379, db 0);
+//! - `rediss://...` the same over TLS (rustls; the server's certificate is checked against
+//!   Mozilla's roots, or against the PEM certificates of `ca=/path/to/ca.pem`);
 //! - `unix:///path/to/redis.sock[?key=NAME&db=N&username=U&password=P]`.
 //!
 //! `key` names the Redis key the state lives at (`tidegate:maintenance` by default for a
 //! maintenance switch; a breaker's keys are `tidegate:breaker:<name>` unless `key` gives
-//! another prefix). Userinfo and query values are percent-decoded. `rediss://` (TLS) is
-//! recognised and refused with a clear error: this build has no TLS client.
+//! another prefix). Userinfo and query values are percent-decoded.
 
 pub mod resp;
 
@@ -86,6 +87,15 @@ pub struct Uri {
     pub db: u32,
     /// The `key=` of the URI, when given.
     pub key: Option<String>,
+    /// Set for `rediss://`.
+    pub tls: Option<Tls>,
+}
+
+/// How a `rediss://` connection checks the server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The `ca=` file, whose certificates (DER) replace the built-in roots.
+    pub ca: Option<(PathBuf, Vec<Vec<u8>>)>,
 }
 
 impl fmt::Debug for Uri {
@@ -110,9 +120,24 @@ impl fmt::Display for Uri {
                 } else {
                     host.clone()
                 };
-                write!(f, "redis://{secret}{host}:{port}/{}", self.db)?;
+                let scheme = if self.tls.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                write!(f, "{scheme}://{secret}{host}:{port}/{}", self.db)?;
+                let mut query = Vec::new();
                 if let Some(key) = &self.key {
-                    write!(f, "?key={key}")?;
+                    query.push(format!("key={key}"));
+                }
+                if let Some(Tls {
+                    ca: Some((path, _)),
+                }) = &self.tls
+                {
+                    query.push(format!("ca={}", path.display()));
+                }
+                if !query.is_empty() {
+                    write!(f, "?{}", query.join("&"))?;
                 }
             }
             Address::Unix(path) => {
@@ -146,12 +171,10 @@ impl Uri {
         let mut uri = match scheme.to_ascii_lowercase().as_str() {
             "redis" => Self::parse_tcp(rest).map_err(|why| bad(&why))?,
             "unix" => Self::parse_unix(rest).map_err(|why| bad(&why))?,
-            "rediss" => {
-                return Err(bad(
-                    "uses TLS (rediss://), which this build of tidegate cannot speak; \
-                     reach Redis over redis:// on a private network or a unix:// socket",
-                ))
-            }
+            "rediss" => Self {
+                tls: Some(Tls { ca: None }),
+                ..Self::parse_tcp(rest).map_err(|why| bad(&why))?
+            },
             _ => return Err(bad("must start with redis:// or unix://")),
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -159,6 +182,13 @@ impl Uri {
             let value = decode(value).map_err(|why| bad(&why))?;
             let unix = matches!(uri.address, Address::Unix(_));
             match name {
+                "ca" if uri.tls.is_some() => {
+                    let path = PathBuf::from(value);
+                    let certs = read_certificates(&path).map_err(|why| bad(&why))?;
+                    uri.tls = Some(Tls {
+                        ca: Some((path, certs)),
+                    });
+                }
                 "key" => uri.key = Some(value),
                 "db" if unix => uri.db = parse_db(&value).map_err(|why| bad(&why))?,
                 "password" if unix => uri.password = Some(value),
@@ -168,6 +198,8 @@ impl Uri {
                         "has an unknown query parameter {name:?} (known: {})",
                         if unix {
                             "key, db, username, password"
+                        } else if uri.tls.is_some() {
+                            "key, ca"
                         } else {
                             "key"
                         }
@@ -236,6 +268,7 @@ impl Uri {
             password,
             db,
             key: None,
+            tls: None,
         })
     }
 
@@ -250,6 +283,7 @@ impl Uri {
             password: None,
             db: 0,
             key: None,
+            tls: None,
         })
     }
 
@@ -265,6 +299,49 @@ impl Uri {
             self.key.as_deref().unwrap_or(DEFAULT_BREAKER_PREFIX)
         )
     }
+}
+
+/// The certificates of a PEM file, for `ca=`.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| {
+            format!(
+                "has a ca= file {} that cannot be read ({err})",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "has a ca= file {} with no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs.into_iter().map(|cert| cert.to_vec()).collect())
+}
+
+/// The TLS client set-up for `tls`: its `ca=` certificates, else Mozilla's roots.
+fn tls_config(tls: &Tls) -> io::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some((_, certs)) => {
+            for cert in certs {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(cert.clone()))
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| io::Error::other(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 fn shown(text: &str) -> String {
@@ -326,7 +403,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connect(err) => write!(f, "cannot connect: {err}"),
-            Self::Io(err) if err.kind() == io::ErrorKind::InvalidData => {
+            Self::Io(err) if resp::is_not_resp(err) => {
                 write!(
                     f,
                     "answered with something that is not Redis's protocol: {err}"
@@ -352,6 +429,7 @@ impl From<io::Error> for StoreError {
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     #[cfg(unix)]
     Unix(UnixStream),
 }
@@ -360,6 +438,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Tcp(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
             #[cfg(unix)]
             Self::Unix(s) => s.read(buf),
         }
@@ -370,6 +449,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Tcp(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
             #[cfg(unix)]
             Self::Unix(s) => s.write(buf),
         }
@@ -378,6 +458,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
             #[cfg(unix)]
             Self::Unix(s) => s.flush(),
         }
@@ -388,6 +469,7 @@ impl Stream {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(timeout),
+            Self::Tls(s) => s.sock.set_read_timeout(timeout),
             #[cfg(unix)]
             Self::Unix(s) => s.set_read_timeout(timeout),
         }
@@ -396,21 +478,31 @@ impl Stream {
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_write_timeout(timeout),
+            Self::Tls(s) => s.sock.set_write_timeout(timeout),
             #[cfg(unix)]
             Self::Unix(s) => s.set_write_timeout(timeout),
         }
     }
 }
 
-fn connect(address: &Address, timeout: Duration) -> io::Result<Stream> {
-    match address {
+fn connect(uri: &Uri, timeout: Duration) -> io::Result<Stream> {
+    match &uri.address {
         Address::Tcp { host, port } => {
             let mut last = None;
             for addr in (host.as_str(), *port).to_socket_addrs()? {
                 match TcpStream::connect_timeout(&addr, timeout) {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
-                        return Ok(Stream::Tcp(stream));
+                        let Some(tls) = &uri.tls else {
+                            return Ok(Stream::Tcp(stream));
+                        };
+                        let name = rustls::pki_types::ServerName::try_from(host.clone())
+                            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+                        let session = rustls::ClientConnection::new(tls_config(tls)?, name)
+                            .map_err(io::Error::other)?;
+                        return Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
+                            session, stream,
+                        ))));
                     }
                     Err(err) => last = Some(err),
                 }
@@ -438,7 +530,7 @@ pub struct Conn {
 impl Conn {
     /// Connects, authenticates and selects the database, each step within `TIMEOUT`.
     pub fn open(uri: &Uri) -> Result<Self, StoreError> {
-        let stream = connect(&uri.address, TIMEOUT).map_err(StoreError::Connect)?;
+        let stream = connect(uri, TIMEOUT).map_err(StoreError::Connect)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         let mut conn = Self {

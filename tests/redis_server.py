@@ -7,9 +7,11 @@ socket beside it), persistence off, in a folder of its own, always stopped after
         redis.resume()
         redis.stop(); redis.start()   # the same port and socket again
 
-``redis.cli("GET", "k")`` runs one command through ``redis-cli``. Where no ``redis-server`` is
-installed, :func:`redis_missing` says how to install it; under ``CI`` a missing server is a
-failure, not a skip.
+``RedisServer(tls=True)`` also listens with TLS on ``tls_port``, with a certificate for
+127.0.0.1 signed by a CA made for it (``ca_path``), made with ``openssl``.
+``redis.cli("GET", "k")`` runs one command through ``redis-cli`` (on the plain port). Where
+no ``redis-server`` is installed, :func:`redis_missing` says how to install it; under ``CI`` a
+missing server is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -43,12 +45,50 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *, password: str | None = None) -> None:
+    def __init__(self, *, password: str | None = None, tls: bool = False) -> None:
         self.password = password
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self._dir = Path(tempfile.mkdtemp(prefix="tidegate-redis-"))
         self.socket_path = self._dir / "redis.sock"
         self._process: subprocess.Popen[bytes] | None = None
+        if tls:
+            self._make_certificates()
+
+    @property
+    def ca_path(self) -> Path:
+        return self._dir / "ca.pem"
+
+    def _make_certificates(self) -> None:
+        """A CA, and a certificate for 127.0.0.1 it signed."""
+        d = self._dir
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=tidegate test CA",
+            "-keyout", str(d / "ca.key"), "-out", str(self.ca_path),
+        )  # fmt: skip
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
+        )  # fmt: skip
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl(
+            "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(self.ca_path),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+            "-extfile", str(d / "san.ext"), "-out", str(d / "server.pem"),
+        )  # fmt: skip
+
+    def tls_uri(self, *, key: str | None = None, ca: bool = True) -> str:
+        query = [f"key={key}"] if key else []
+        if ca:
+            query.append(f"ca={self.ca_path}")
+        auth = f":{self.password}@" if self.password else ""
+        tail = "?" + "&".join(query) if query else ""
+        return f"rediss://{auth}{HOST}:{self.tls_port}/0{tail}"
 
     def __enter__(self) -> RedisServer:
         self.start()
@@ -90,6 +130,14 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
+        if self.tls_port is not None:
+            command += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self._dir / "server.pem"),
+                "--tls-key-file", str(self._dir / "server.key"),
+                "--tls-ca-cert-file", str(self.ca_path),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

@@ -245,11 +245,18 @@ CONFIGURATION: dict[str, list[Row]] = {
             'ValueError: store: must not have a #fragment, got "redis://cache#top"',
         ),
         Row(
-            "MaintenanceSwitch('rediss://cache')",
+            "MaintenanceSwitch('rediss://cache?ca=/nonexistent/ca.pem')",
             (
-                "ValueError: store: uses TLS (rediss://), which this build of tidegate cannot "
-                "speak; reach Redis over redis:// on a private network or a unix:// socket, got"
-                ' "rediss://cache"'
+                "ValueError: store: has a ca= file /nonexistent/ca.pem that cannot be read (I/O"
+                " error: No such file or directory (os error 2)), got "
+                '"rediss://cache?ca=/nonexistent/ca.pem"'
+            ),
+        ),
+        Row(
+            "MaintenanceSwitch('redis://cache?ca=/etc/ssl/ca.pem')",
+            (
+                'ValueError: store: has an unknown query parameter "ca" (known: key), got '
+                '"redis://cache?ca=/etc/ssl/ca.pem"'
             ),
         ),
         Row(
@@ -953,11 +960,11 @@ CONFIGURATION: dict[str, list[Row]] = {
     ],
     "CLI (tidegate)": [
         Row(
-            "result = cli('maintenance', 'on', '--state', 'rediss://cache')",
+            "result = cli('maintenance', 'on', '--state', 'rediss://cache?ca=/nonexistent.pem')",
             (
-                "exit 2: tidegate maintenance on: error: argument --state: store: uses TLS "
-                "(rediss://), which this build of tidegate cannot speak; reach Redis over "
-                'redis:// on a private network or a unix:// socket, got "rediss://cache" (see '
+                "exit 2: tidegate maintenance on: error: argument --state: store: has a ca= "
+                "file /nonexistent.pem that cannot be read (I/O error: No such file or "
+                'directory (os error 2)), got "rediss://cache?ca=/nonexistent.pem" (see '
                 "tidegate maintenance on --help)"
             ),
         ),

@@ -314,3 +314,26 @@ def test_the_cli_fails_in_one_line_when_the_store_is_down(redis_server: RedisSer
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tidegate: error: "), done.stderr
         assert "Connection refused" in lines[0]
+
+
+def test_a_tls_store_is_checked_against_its_ca(warnings_caught: pytest.LogCaptureFixture) -> None:
+    need_redis()
+    with RedisServer(tls=True) as server:
+        over_tls = MaintenanceSwitch(server.tls_uri(key="secure"), env_var=None, poll_interval=30)
+        plain = MaintenanceSwitch(server.uri(key="secure"), env_var=None, poll_interval=30)
+        over_tls.enable(message="over TLS")
+        wait_for(lambda: plain.active, bool, timeout=2)
+        plain.drain()
+        wait_for(lambda: over_tls.draining, bool, timeout=2, what="a notice over TLS")
+        assert over_tls.status().message == "over TLS"
+        assert (
+            over_tls.store == f"rediss://{HOST}:{server.tls_port}/0?key=secure&ca={server.ca_path}"
+        )
+
+        # Without ca=, the server's certificate is checked against the public roots: refused.
+        untrusted = MaintenanceSwitch(server.tls_uri(ca=False), env_var=None)
+        assert not untrusted.active
+        with pytest.raises(ConnectionError, match="certificate"):
+            untrusted.enable()
+        lost = [m for m in store_warnings(warnings_caught, server.tls_port) if "is lost" in m]
+        assert len(lost) == 1 and "certificate" in lost[0], lost

@@ -481,7 +481,8 @@ class MaintenanceSwitch:
         _follow: bool = True,
     ) -> MaintenanceSwitch:
         """``store`` is a state file path (resolved to an absolute path now) or a Redis store
-        URI: ``redis://[[user]:password@]host[:port][/db][?key=NAME]`` or
+        URI: ``redis://[[user]:password@]host[:port][/db][?key=NAME]``, ``rediss://`` the same
+        over TLS (``&ca=/path/to/ca.pem`` to trust a private CA instead of Mozilla's roots) or
         ``unix:///path/to/redis.sock[?key=NAME&db=N&password=P]``. With Redis the state lives
         at ``key`` (``tidegate:maintenance`` by default) in the same JSON form as the file;
         a background thread (no GIL) reads it once per ``poll_interval`` and at once when a

@@ -53,8 +53,26 @@ pub fn send(stream: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     stream.flush()
 }
 
+/// What the server sent is not Redis's protocol (kept apart from other `InvalidData` errors,
+/// such as a TLS certificate refused).
+#[derive(Debug)]
+pub struct NotResp(String);
+
+impl std::fmt::Display for NotResp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotResp {}
+
+/// Whether `err` says the reply was not Redis's protocol.
+pub fn is_not_resp(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<NotResp>())
+}
+
 fn garbage(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
+    io::Error::new(io::ErrorKind::InvalidData, NotResp(what.into()))
 }
 
 /// Reads one reply.

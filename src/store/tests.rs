@@ -54,6 +54,20 @@ fn tcp_uris_give_host_port_db_credentials_and_key() {
 }
 
 #[test]
+fn rediss_uris_speak_tls_and_may_name_their_ca() {
+    let uri = parse("rediss://:pw@cache.example:6380/1?key=k").expect("ok");
+    assert!(uri.tls.as_ref().is_some_and(|tls| tls.ca.is_none()));
+    assert_eq!(uri.to_string(), "rediss://:***@cache.example:6380/1?key=k");
+    let folder = std::env::temp_dir().join(format!("tidegate-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("a folder");
+    let empty = folder.join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").expect("written");
+    let err = parse(&format!("rediss://h?ca={}", empty.display())).expect_err("an error");
+    assert!(err.contains("with no PEM certificate in it"), "{err}");
+    std::fs::remove_dir_all(&folder).expect("removed");
+}
+
+#[test]
 fn unix_uris_take_their_options_from_the_query() {
     let uri = parse("unix:///run/redis/redis.sock?db=2&password=pw&key=k").expect("ok");
     assert_eq!(uri.address, Address::Unix("/run/redis/redis.sock".into()));
@@ -89,7 +103,14 @@ fn bad_uris_are_refused_with_the_reason() {
         ("redis://%zz@h", "malformed %-escape"),
         ("redis://[::1", "unclosed ["),
         ("unix://relative.sock", "absolute socket path"),
-        ("rediss://h", "TLS"),
+        (
+            "redis://h?ca=/etc/ssl/ca.pem",
+            "unknown query parameter \"ca\" (known: key)",
+        ),
+        (
+            "rediss://h?ca=/nonexistent/ca.pem",
+            "ca= file /nonexistent/ca.pem that cannot be read",
+        ),
         ("http://h", "must start with redis:// or unix://"),
     ] {
         let err = parse(text).expect_err("an error");
