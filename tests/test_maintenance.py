@@ -723,7 +723,7 @@ def test_writes_are_atomic_to_readers_in_a_tight_loop(
         ("state_file", 123, TypeError, "must be a str, an os.PathLike or None (a state file"),
         ("store", 123, TypeError, "or a redis:// or unix:// store URI), got int"),
         ("store", "redis://h:0", ValueError, "must have a port from 1 to 65535"),
-        ("store", "rediss://h", ValueError, "uses TLS"),
+        ("store", "rediss://h?ca=/nonexistent.pem", ValueError, "ca= file /nonexistent.pem"),
         ("store", "redis://h?bogus=1", ValueError, "unknown query parameter"),
         ("state_file", "", ValueError, "must not be empty"),
         ("state_file", "folder/", ValueError, "must name a file, got 'folder/'"),

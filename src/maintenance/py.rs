@@ -377,7 +377,7 @@ impl MaintenanceSwitchPy {
             state_file=None,
             _follow=true,
         ),
-        text_signature = "(store=None, *, env_var='MAINTENANCE_MODE', poll_interval=1.0, default_retry_after=60)"
+        text_signature = "(store=None, *, env_var='MAINTENANCE_MODE', poll_interval=1.0, default_retry_after=60, state_file=None, _follow=True)"
     )]
     fn new(
         py: Python<'_>,
