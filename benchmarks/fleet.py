@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from typing import Any
 
 from harness import Load, closed_loop, fmt, gunicorn, serving, versions
 from redis_server import RedisServer, redis_missing
+from request_cost import per_request_us
 
 from tidegate import MaintenanceSwitch
 from tidegate.wsgi import TideGateMiddleware
@@ -53,24 +55,6 @@ def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [b"ok"]
 
 
-def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-    return None
-
-
-def per_request_us(app: Any, n: int) -> float:
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    copy = environ.copy
-    started = time.perf_counter()
-    for _ in range(n):
-        body = app(copy(), _start_response)
-        for _chunk in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-    return (time.perf_counter() - started) / n * 1e6
-
-
 def cost(redis: RedisServer, rounds: int, n: int) -> dict[str, float]:
     folder = tempfile.TemporaryDirectory()
     apps = {
@@ -80,11 +64,13 @@ def cost(redis: RedisServer, rounds: int, n: int) -> dict[str, float]:
         ),
         "Redis store": TideGateMiddleware(bare_app, limit=64, maintenance=redis.uri(key="cost")),
     }
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
     samples: dict[str, list[float]] = {name: [] for name in apps}
     names = list(apps)
     for turn in range(rounds):
+        # Each round starts with another candidate, so none always runs first or last.
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
-            samples[name].append(per_request_us(apps[name], n))
+            samples[name].append(per_request_us(apps[name], environ, n))
     folder.cleanup()
     bare = samples["bare app"]
     return {
@@ -113,7 +99,8 @@ def propagation(redis: RedisServer, uri: str, repeats: int) -> dict[str, list[fl
     for turn in range(repeats):
         for how in ("polling only", "change notice"):
             on = turn % 2 == 0
-            time.sleep(POLL_INTERVAL * 1.5)  # let every worker settle between changes
+            # Let every worker settle, then write at a random point of their poll cycles.
+            time.sleep(POLL_INTERVAL * (1 + random.random()))
             since = time.time()
             if how == "polling only":
                 document = json.dumps({"version": 1, "active": on})
