@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::store::{self, Conn, StoreError, Subscription};
+use crate::store::{self, Conn, Link, Reach, StoreError};
 
 pub use py::{
     drain_process_py, prepare_module, process_draining_py, undrain_process_py, write_atomic_py,
@@ -329,8 +329,8 @@ struct Sides {
     seen: Option<Signature>,
     /// A warning went out for the current bad episode.
     warned: bool,
-    /// The Redis store could not be reached at the last poll (and a warning said so).
-    lost: bool,
+    /// Whether the Redis store could be reached at the last poll (a warning said when not).
+    reach: Reach,
     /// Bumped by every write of this process, so a poll that read the file before the write
     /// does not put the old state back.
     writes: u64,
@@ -718,7 +718,7 @@ impl Maintenance {
         let result = match read {
             Ok(bytes) => bytes.map_or_else(|| Ok(State::default()), |b| state_file::parse(&b)),
             Err(err) => {
-                let first = !std::mem::replace(&mut self.sides.lock().lost, true);
+                let first = self.sides.lock().reach.lost();
                 if first {
                     (self.hooks.warn)(&format!(
                         "maintenance store {uri} is lost ({err}); keeping the last known state"
@@ -727,7 +727,7 @@ impl Maintenance {
                 return;
             }
         };
-        if std::mem::replace(&mut self.sides.lock().lost, false) {
+        if self.sides.lock().reach.back() {
             (self.hooks.warn)(&format!("maintenance store {uri} is back"));
         }
         self.take_read(writes, None, result, || {
@@ -827,70 +827,6 @@ fn escape_glob(key: &str) -> String {
 /// The shortest time a heartbeat stays in the store.
 const HEARTBEAT_MIN_TTL: Duration = Duration::from_secs(5);
 
-/// A poller's connections to a Redis store: one for commands, one subscribed to change
-/// notices. Owned by the polling thread alone, and dropped on any error (the next poll
-/// connects again).
-#[derive(Default)]
-struct Link {
-    conn: Option<Conn>,
-    notices: Option<Subscription>,
-    /// The last call failed: no subscribing until a poll gets through again.
-    failing: bool,
-}
-
-impl Link {
-    fn with<T>(
-        &mut self,
-        uri: &store::Uri,
-        call: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            slot => match Conn::open(uri) {
-                Ok(conn) => slot.insert(conn),
-                Err(err) => {
-                    self.failing = true;
-                    return Err(err);
-                }
-            },
-        };
-        let result = call(conn);
-        self.failing = result.is_err();
-        if self.failing {
-            self.conn = None;
-        }
-        result
-    }
-
-    /// Waits up to `interval` for a change notice; `false` when the wait ended without one.
-    /// Subscribes first when the store is reachable and no subscription stands, and then
-    /// returns `true` at once, so a poll covers what changed before; without a subscription,
-    /// it only sleeps.
-    fn wait(&mut self, uri: Option<&store::Uri>, interval: Duration) -> bool {
-        if let (None, Some(uri), false) = (&self.notices, uri, self.failing) {
-            self.notices = Subscription::open(uri, uri.maintenance_key()).ok();
-            if self.notices.is_some() {
-                // A change made before the subscription took has sent its notice to nobody.
-                return true;
-            }
-        }
-        match &mut self.notices {
-            Some(notices) => match notices.wait(interval) {
-                Ok(noticed) => noticed,
-                Err(_) => {
-                    self.notices = None;
-                    false
-                }
-            },
-            None => {
-                // An early wake-up only means an early poll.
-                std::thread::park_timeout(interval);
-                false
-            }
-        }
-    }
-}
-
 /// The poller thread: polls once per interval (first at once, when `poll_first`), and at once
 /// on a change notice from a Redis store, until its switch is dropped. It holds the switch
 /// only while polling, so dropping the last handle elsewhere ends it within an interval.
@@ -916,7 +852,7 @@ fn run_poller(me: &Weak<Maintenance>, wake: &Wake, mut poll_first: bool) {
         if wake.stopped.load(Ordering::Acquire) {
             return;
         }
-        if link.wait(uri.as_ref(), interval) {
+        if link.wait(uri.as_ref().map(|uri| (uri, uri.maintenance_key())), interval) {
             // Notices come as fast as writers send them; polls stay at least this far apart.
             std::thread::sleep(MIN_POLL_INTERVAL.saturating_sub(last_poll.elapsed()));
         }

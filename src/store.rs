@@ -755,5 +755,92 @@ impl Subscription {
     }
 }
 
+/// Whether a poller could reach its store, so that a loss is told once and its end once.
+#[derive(Debug, Default)]
+pub struct Reach {
+    lost: bool,
+}
+
+impl Reach {
+    /// A call failed: true when this starts a loss (warn now), false while it goes on.
+    pub fn lost(&mut self) -> bool {
+        !std::mem::replace(&mut self.lost, true)
+    }
+
+    /// A call got through: true when this ends a loss (say it is back).
+    pub fn back(&mut self) -> bool {
+        std::mem::replace(&mut self.lost, false)
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost
+    }
+}
+
+/// A poller's connections to a Redis store: one for commands, one subscribed to change
+/// notices. Owned by the polling thread alone, and dropped on any error (the next poll
+/// connects again).
+#[derive(Default)]
+pub struct Link {
+    conn: Option<Conn>,
+    notices: Option<Subscription>,
+    /// The last call failed: no subscribing until a poll gets through again.
+    failing: bool,
+}
+
+impl Link {
+    /// Runs `call` on the command connection, connecting first when there is none.
+    pub fn with<T>(
+        &mut self,
+        uri: &Uri,
+        call: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            slot => match Conn::open(uri) {
+                Ok(conn) => slot.insert(conn),
+                Err(err) => {
+                    self.failing = true;
+                    return Err(err);
+                }
+            },
+        };
+        let result = call(conn);
+        self.failing = result.is_err();
+        if self.failing {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Waits up to `interval` for a change notice on `channel`; `false` when the wait ended
+    /// without one. Subscribes first when the store is reachable and no subscription stands,
+    /// and then returns `true` at once, so a poll covers what changed before; without a
+    /// subscription, it only sleeps (`unpark` ends that sleep early).
+    pub fn wait(&mut self, channel: Option<(&Uri, &str)>, interval: Duration) -> bool {
+        if let (None, Some((uri, channel)), false) = (&self.notices, channel, self.failing) {
+            self.notices = Subscription::open(uri, channel).ok();
+            if self.notices.is_some() {
+                // A change made before the subscription took has sent its notice to nobody.
+                return true;
+            }
+        }
+        match &mut self.notices {
+            Some(notices) => match notices.wait(interval) {
+                Ok(noticed) => noticed,
+                Err(_) => {
+                    self.notices = None;
+                    false
+                }
+            },
+            None => {
+                // An early wake-up only means an early poll.
+                std::thread::park_timeout(interval);
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
