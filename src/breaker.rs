@@ -13,6 +13,16 @@
 //! reported by then (it hangs, or whoever ran it vanished) gives the slot back to the next
 //! caller, and its result, should it ever come, is treated like a late one: counted in the
 //! totals, never moving the state.
+//!
+//! # Shared through a store
+//!
+//! A breaker made with [`Breaker::shared`] keeps the same state machine and adds a mailbox
+//! for the thread that talks to the store (`fleet`): each local open or close is left in an
+//! outbox for that thread to publish, and what the fleet says (opened or closed elsewhere) is
+//! left in an inbox that the next call or state read applies, on its own clock. While the
+//! store is reachable, half-open admits a probe only under a reservation that thread holds in
+//! the store (`set_allowance`); while it is not, the breaker is a local one. Nothing here
+//! waits on anything but its own lock.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -21,8 +31,10 @@ use parking_lot::Mutex;
 
 use crate::errors::ArgError;
 
+mod fleet;
 mod py;
 
+pub use fleet::{Fleet, FleetConfig, Record};
 pub use py::{prepare_module, BreakerPy, CircuitOpenError, TicketPy};
 
 /// How finely the failure-rate window slides: `window / WINDOW_BUCKETS` seconds per step.
@@ -174,11 +186,18 @@ impl Config {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reason {
     ConsecutiveFailures(u32),
-    FailureRate { failures: u64, calls: u64 },
+    FailureRate {
+        failures: u64,
+        calls: u64,
+    },
     ProbeFailed,
     TimeoutElapsed,
     ProbesSucceeded(u32),
     Manual,
+    /// Another breaker of the fleet opened (or its open period is over: half-open).
+    OpenedElsewhere,
+    /// Another breaker of the fleet closed, or the fleet's open record ran out.
+    ClosedElsewhere,
 }
 
 impl fmt::Display for Reason {
@@ -195,6 +214,8 @@ impl fmt::Display for Reason {
             Self::ProbesSucceeded(1) => f.write_str("a probe call succeeded"),
             Self::ProbesSucceeded(n) => write!(f, "{n} probe calls succeeded"),
             Self::Manual => f.write_str("set by hand"),
+            Self::OpenedElsewhere => f.write_str("opened elsewhere in the fleet"),
+            Self::ClosedElsewhere => f.write_str("closed elsewhere in the fleet"),
         }
     }
 }
@@ -268,6 +289,42 @@ pub struct Stats {
     pub probes_in_flight: u32,
     /// Probe reservations that ran out before their probe reported.
     pub probes_expired: u64,
+    /// Probe slots handed out so far.
+    pub probes_started: u64,
+}
+
+/// A local change a shared breaker has for the fleet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Publish {
+    /// Opened here, for `open_for` seconds, until the Unix time `until`.
+    Open { until: f64, open_for: f64 },
+    /// Closed here: its probes succeeded, or it was closed by hand.
+    Closed,
+}
+
+/// What the fleet says, for a shared breaker to apply at its next look.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Remote {
+    /// Open for `open_for` seconds in all, until the Unix time `until` (half-open once past).
+    Open {
+        until: f64,
+        open_for: f64,
+    },
+    Closed,
+}
+
+/// The mailbox between a shared breaker and the thread that talks to its store.
+#[derive(Debug, Default)]
+struct Mailbox {
+    shared: bool,
+    /// The latest local change not yet taken for publishing; a newer one replaces it.
+    outbox: Option<Publish>,
+    /// Bumped with every outbox entry, so a read that predates a local change is dropped.
+    published: u64,
+    inbox: Option<Remote>,
+    /// Probe reservations held in the store; `None` while the store is out of reach (then
+    /// half-open goes by `half_open_max_calls` alone).
+    allowance: Option<u32>,
 }
 
 /// A half-open probe slot, held until the probe reports or `expires` passes.
@@ -367,6 +424,7 @@ struct Inner {
     total_successes: u64,
     total_failures: u64,
     rejected: u64,
+    mail: Mailbox,
 }
 
 impl Inner {
@@ -397,12 +455,64 @@ impl Inner {
                 self.window.clear();
             }
         }
+        let elsewhere = matches!(reason, Reason::OpenedElsewhere | Reason::ClosedElsewhere);
+        if !elsewhere {
+            match to {
+                State::Open => self.publish_open(),
+                State::Closed => self.publish(Publish::Closed),
+                State::HalfOpen => {}
+            }
+        }
         Transition {
             from,
             to,
             reason,
             open_for: self.open_for,
         }
+    }
+
+    fn publish(&mut self, change: Publish) {
+        if self.mail.shared {
+            self.mail.outbox = Some(change);
+            self.mail.published = self.mail.published.wrapping_add(1);
+        }
+    }
+
+    fn publish_open(&mut self) {
+        if self.mail.shared {
+            self.publish(Publish::Open {
+                until: crate::clock::now_unix_f64() + self.open_for,
+                open_for: self.open_for,
+            });
+        }
+    }
+
+    /// Applies what the fleet said, if anything is waiting.
+    fn take_inbox(&mut self, config: &Config, now: f64) -> Option<Transition> {
+        match self.mail.inbox.take()? {
+            Remote::Open { until, open_for } => {
+                let left = (until - crate::clock::now_unix_f64()).clamp(0.0, open_for);
+                if left <= 0.0 {
+                    // The fleet's open period is over: half-open, probes under reservation.
+                    return (self.state == State::Closed)
+                        .then(|| self.enter(config, State::HalfOpen, Reason::OpenedElsewhere, now))
+                        .or_else(|| self.poll(config, now));
+                }
+                let transition = (self.state != State::Open)
+                    .then(|| self.enter(config, State::Open, Reason::OpenedElsewhere, now));
+                self.opened_at = now - (open_for - left);
+                self.open_for = open_for;
+                transition.map(|t| Transition { open_for, ..t })
+            }
+            Remote::Closed => (self.state != State::Closed)
+                .then(|| self.enter(config, State::Closed, Reason::ClosedElsewhere, now)),
+        }
+    }
+
+    /// How many probes may be in flight now.
+    fn probe_limit(&self, config: &Config) -> usize {
+        let allowed = self.mail.allowance.unwrap_or(u32::MAX);
+        config.half_open_max_calls.min(allowed) as usize
     }
 
     /// The lazy open -> half-open step, taken whenever someone looks.
@@ -476,6 +586,7 @@ impl Breaker {
             total_successes: 0,
             total_failures: 0,
             rejected: 0,
+            mail: Mailbox::default(),
         };
         Ok(Self {
             config,
@@ -483,8 +594,54 @@ impl Breaker {
         })
     }
 
+    /// A breaker whose changes go to the fleet through [`Breaker::take_publish`] and that
+    /// applies what [`Breaker::offer`] brings.
+    pub fn shared(config: Config) -> Result<Self, ArgError> {
+        let breaker = Self::new(config)?;
+        breaker.inner.lock().mail.shared = true;
+        Ok(breaker)
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The local change waiting to be published, with the count of changes so far.
+    pub fn take_publish(&self) -> Option<(Publish, u64)> {
+        let mut inner = self.inner.lock();
+        let change = inner.mail.outbox.take()?;
+        Some((change, inner.mail.published))
+    }
+
+    /// Puts back a change that could not be published, unless a newer one came meanwhile.
+    pub fn unpublish(&self, change: Publish, published: u64) {
+        let mut inner = self.inner.lock();
+        if inner.mail.published == published && inner.mail.outbox.is_none() {
+            inner.mail.outbox = Some(change);
+        }
+    }
+
+    /// How many local changes there have been (see [`Breaker::offer`]).
+    pub fn published(&self) -> u64 {
+        self.inner.lock().mail.published
+    }
+
+    /// Leaves what the fleet says for the next look to apply, unless this breaker changed
+    /// after `published` was read (then what was read may predate that change). Whether it
+    /// was taken.
+    pub fn offer(&self, remote: Remote, published: u64) -> bool {
+        let mut inner = self.inner.lock();
+        let fresh = inner.mail.published == published;
+        if fresh {
+            inner.mail.inbox = Some(remote);
+        }
+        fresh
+    }
+
+    /// How many probes the fleet lets this breaker run at once (the reservations it holds),
+    /// or `None` to go by `half_open_max_calls` alone.
+    pub fn set_allowance(&self, allowance: Option<u32>) {
+        self.inner.lock().mail.allowance = allowance;
     }
 
     /// Lets a call through or refuses it, in one step under the lock: half-open hands out at
@@ -492,7 +649,10 @@ impl Breaker {
     /// at most `probe_timeout` seconds.
     pub fn admit(&self, now: f64) -> (Result<Ticket, Rejected>, Option<Transition>) {
         let mut inner = self.inner.lock();
-        let transition = inner.poll(&self.config, now);
+        let transition = match inner.take_inbox(&self.config, now) {
+            Some(transition) => Some(transition),
+            None => inner.poll(&self.config, now),
+        };
         let generation = inner.generation;
         if inner.state == State::HalfOpen {
             inner.expire_probes(now);
@@ -503,7 +663,7 @@ impl Breaker {
                 probe: false,
                 slot: 0,
             }),
-            State::HalfOpen if inner.probes.len() < self.config.half_open_max_calls as usize => {
+            State::HalfOpen if inner.probes.len() < inner.probe_limit(&self.config) => {
                 inner.last_slot += 1;
                 let slot = inner.last_slot;
                 let expires = now + self.config.probe_timeout();
@@ -577,7 +737,10 @@ impl Breaker {
     /// The state now, taking the lazy open -> half-open step if it is due.
     pub fn state(&self, now: f64) -> (State, Option<Transition>) {
         let mut inner = self.inner.lock();
-        let transition = inner.poll(&self.config, now);
+        let transition = match inner.take_inbox(&self.config, now) {
+            Some(transition) => Some(transition),
+            None => inner.poll(&self.config, now),
+        };
         (inner.state, transition)
     }
 
@@ -606,6 +769,7 @@ impl Breaker {
         let mut inner = self.inner.lock();
         if inner.state == State::Open {
             inner.opened_at = now;
+            inner.publish_open();
             return None;
         }
         Some(inner.enter(&self.config, State::Open, Reason::Manual, now))
@@ -632,6 +796,7 @@ impl Breaker {
             rejected: inner.rejected,
             probes_in_flight: u32::try_from(inner.probes.len()).unwrap_or(u32::MAX),
             probes_expired: inner.probes_expired,
+            probes_started: inner.last_slot,
         }
     }
 }

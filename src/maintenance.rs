@@ -71,8 +71,8 @@ use parking_lot::Mutex;
 use crate::store::{self, Conn, Link, Reach, StoreError};
 
 pub use py::{
-    drain_process_py, prepare_module, process_draining_py, undrain_process_py, write_atomic_py,
-    MaintenanceStatusPy, MaintenanceSwitchPy,
+    drain_process_py, log_warning, prepare_module, process_draining_py, undrain_process_py,
+    write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,
 };
 pub use state_file::{State, TooLarge, MAX_DELAY};
 
@@ -852,7 +852,10 @@ fn run_poller(me: &Weak<Maintenance>, wake: &Wake, mut poll_first: bool) {
         if wake.stopped.load(Ordering::Acquire) {
             return;
         }
-        if link.wait(uri.as_ref().map(|uri| (uri, uri.maintenance_key())), interval) {
+        if link.wait(
+            uri.as_ref().map(|uri| (uri, uri.maintenance_key())),
+            interval,
+        ) {
             // Notices come as fast as writers send them; polls stay at least this far apart.
             std::thread::sleep(MIN_POLL_INTERVAL.saturating_sub(last_poll.elapsed()));
         }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyBaseException, PyException};
 use pyo3::gc::PyVisit;
@@ -13,7 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError};
 
-use crate::breaker::{Breaker, Config, Outcome, Rejected, State, Ticket, Transition};
+use crate::breaker::{
+    Breaker, Config, Fleet, FleetConfig, Outcome, Rejected, State, Ticket, Transition,
+};
 pub use crate::errors::CircuitOpenError;
 use crate::errors::{circuit_open, describe, int_beyond_float, type_name, whole_number, ArgError};
 
@@ -133,6 +135,44 @@ extractor!(probe_timeout -> Option<f64> = optional_number("probe_timeout"));
 extractor!(fallback -> Option<Py<PyAny>> = optional_callable("fallback"));
 extractor!(clock -> Option<Py<PyAny>> = optional_callable("clock"));
 
+/// A store URI or None.
+fn store(value: &Bound<'_, PyAny>) -> PyResult<Option<crate::store::Uri>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let Ok(text) = value.cast::<PyString>() else {
+        return Err(ArgError::type_(
+            "store",
+            format!(
+                "must be a store URI (redis:// or unix://) or None, got {}",
+                type_name(value)
+            ),
+        )
+        .into());
+    };
+    let text: String = text.extract().map_err(|_| {
+        ArgError::value(
+            "store",
+            "must be valid text (no lone surrogates)".to_owned(),
+        )
+    })?;
+    Ok(Some(crate::store::Uri::parse("store", &text)?))
+}
+
+/// Seconds between two looks at the store: a finite number >= 0 (10 ms at least in effect).
+fn poll_interval(value: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let seconds = number("poll_interval", value)?;
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(ArgError::value(
+            "poll_interval",
+            format!("must be a finite number of seconds >= 0, got {seconds}"),
+        )
+        .into());
+    }
+    Ok(Duration::try_from_secs_f64(seconds)
+        .map_err(|_| ArgError::value("poll_interval", format!("is out of range: {seconds}")))?)
+}
+
 fn exclude(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyTuple>>> {
     Ok(exception_types(value)?)
 }
@@ -246,6 +286,9 @@ pub struct BreakerPy {
     exclude: Option<Py<PyTuple>>,
     fallback: Option<Py<PyAny>>,
     clock: Option<Py<PyAny>>,
+    /// The store the breaker shares its state through, and the threads that do it.
+    fleet: Option<Fleet>,
+    poll_interval: Duration,
 }
 
 impl BreakerPy {
@@ -262,6 +305,17 @@ impl BreakerPy {
             err.write_unraisable(slf.py(), Some(slf.as_any()));
             started
         })
+    }
+
+    /// Tells the store thread what an admission needs from it: a probe reservation when a
+    /// half-open call found none; and restarts it after a fork.
+    fn after_admit(&self, admission: &Result<Ticket, Rejected>) {
+        if let Some(fleet) = &self.fleet {
+            fleet.watch();
+            if matches!(admission, Err(r) if r.state == State::HalfOpen) {
+                fleet.wants_probe();
+            }
+        }
     }
 
     fn classify(&self, py: Python<'_>, error: &Bound<'_, PyAny>) -> Outcome {
@@ -291,6 +345,9 @@ impl BreakerPy {
         let Some(transition) = transition else {
             return Ok(());
         };
+        if let Some(fleet) = &slf.get().fleet {
+            fleet.changed();
+        }
         let py = slf.py();
         slf.call_method1(
             intern!(py, "_announce"),
@@ -334,6 +391,8 @@ impl BreakerPy {
         exclude = None,
         fallback = None,
         clock = None,
+        store = None,
+        poll_interval = Duration::from_secs(1),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -351,7 +410,16 @@ impl BreakerPy {
         #[pyo3(from_py_with = exclude)] exclude: Option<Py<PyTuple>>,
         #[pyo3(from_py_with = fallback)] fallback: Option<Py<PyAny>>,
         #[pyo3(from_py_with = clock)] clock: Option<Py<PyAny>>,
+        #[pyo3(from_py_with = store)] store: Option<crate::store::Uri>,
+        #[pyo3(from_py_with = poll_interval)] poll_interval: Duration,
     ) -> PyResult<Self> {
+        if clock.is_some() && store.is_some() {
+            return Err(ArgError::value(
+                "clock",
+                "cannot be combined with store= (a fleet shares the system clock)",
+            )
+            .into());
+        }
         let config = Config {
             failure_threshold,
             reset_timeout,
@@ -364,12 +432,27 @@ impl BreakerPy {
             max_reset_timeout,
             backoff,
         };
+        let (core, fleet) = match store {
+            None => (Arc::new(Breaker::new(config)?), None),
+            Some(uri) => {
+                let core = Arc::new(Breaker::shared(config)?);
+                let fleet = FleetConfig {
+                    uri,
+                    name: name.clone(),
+                    poll_interval,
+                };
+                let fleet = Fleet::start(fleet, &core, Arc::new(crate::maintenance::log_warning));
+                (core, Some(fleet))
+            }
+        };
         Ok(Self {
-            core: Arc::new(Breaker::new(config)?),
+            core,
             name,
             exclude,
             fallback,
             clock,
+            fleet,
+            poll_interval,
         })
     }
 
@@ -392,6 +475,7 @@ impl BreakerPy {
         let this = slf.get();
         let started = this.now(py)?;
         let (admission, transition) = this.core.admit(started);
+        this.after_admit(&admission);
         let admitted = admission.map(|ticket| Admitted {
             core: &this.core,
             ticket: Some(ticket),
@@ -426,6 +510,7 @@ impl BreakerPy {
         let this = slf.get();
         let now = this.now(py)?;
         let (admission, transition) = this.core.admit(now);
+        this.after_admit(&admission);
         let ticket = admission.map(|ticket| TicketPy {
             core: this.core.clone(),
             ticket,
@@ -559,6 +644,17 @@ impl BreakerPy {
         self.core.config().backoff
     }
 
+    /// The store URI (its password hidden), or None for a breaker of this process alone.
+    #[getter]
+    fn store(&self) -> Option<String> {
+        self.fleet.as_ref().map(|f| f.config().uri.to_string())
+    }
+
+    #[getter]
+    fn poll_interval(&self) -> f64 {
+        self.poll_interval.as_secs_f64()
+    }
+
     #[getter]
     fn exclude<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
         match &self.exclude {
@@ -576,6 +672,10 @@ impl BreakerPy {
     fn open(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let transition = this.core.trip(this.now(slf.py())?);
+        if let Some(fleet) = &this.fleet {
+            // Even a restarted open period (no transition) is news for the fleet.
+            fleet.changed();
+        }
         Self::announce(slf, transition)
     }
 
