@@ -550,3 +550,52 @@ fn check(replies: Vec<Reply>) -> Result<(), StoreError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_read_without_trusting_them() {
+        let good = br#"{"state":"open","until":1e9,"open_for":30,"by":"h:1:0"}"#;
+        let record = Record::parse(good).expect("good");
+        assert_eq!((record.until, record.open_for), (1e9, 30.0));
+        assert_eq!(Record::parse(&record.to_bytes()), Ok(record));
+        for bad in [
+            &b""[..],
+            b"garbage",
+            b"[]",
+            br#"{"state":"closed","until":1,"open_for":1,"by":""}"#,
+            br#"{"state":"open","until":1,"open_for":-1,"by":""}"#,
+            br#"{"state":"open","until":"soon","open_for":1,"by":""}"#,
+            br#"{"state":"open","open_for":1,"by":""}"#,
+        ] {
+            assert!(
+                Record::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_breaker_key_follows_the_uri() {
+        let config = FleetConfig {
+            uri: Uri::parse("store", "redis://localhost?key=app").expect("uri"),
+            name: "db".to_owned(),
+            poll_interval: Duration::ZERO,
+        };
+        assert_eq!(config.key(), "app:db");
+        assert_eq!(config.interval(), MIN_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn reach_says_lost_and_back_once_each() {
+        let mut reach = Reach::default();
+        assert!(!reach.back());
+        assert!(reach.lost());
+        assert!(!reach.lost());
+        assert!(reach.back());
+        assert!(!reach.back());
+    }
+}

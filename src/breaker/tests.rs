@@ -580,3 +580,145 @@ fn probe_timeout_defaults_to_reset_timeout_but_at_least_thirty_seconds() {
     assert!(admitted(&b, 30.0).probe);
     assert_eq!(b.settle(hung, Outcome::Success, 31.0), None);
 }
+
+fn shared(config: Config) -> Breaker {
+    Breaker::shared(config).expect("valid config")
+}
+
+#[test]
+fn a_shared_breaker_leaves_its_own_opens_and_closes_for_the_fleet() {
+    let b = shared(Config {
+        failure_threshold: 1,
+        reset_timeout: 10.0,
+        ..Config::default()
+    });
+    assert_eq!(b.take_publish(), None);
+    run(&b, Outcome::Failure, 0.0);
+    let before = crate::clock::now_unix_f64();
+    let (change, count) = b.take_publish().expect("an open to publish");
+    let Publish::Open { until, open_for } = change else {
+        panic!("{change:?}");
+    };
+    assert_eq!(open_for, 10.0);
+    assert!((until - before - 10.0).abs() < 1.0, "{until} vs {before}");
+    assert_eq!(count, b.published());
+    assert_eq!(b.take_publish(), None, "taken once");
+    // Half-open is no news (every breaker gets there on its own); the close after it is.
+    assert_eq!(b.state(10.0).0, State::HalfOpen);
+    assert_eq!(b.take_publish(), None);
+    run(&b, Outcome::Success, 10.0);
+    assert_eq!(b.take_publish().map(|p| p.0), Some(Publish::Closed));
+}
+
+#[test]
+fn a_local_breaker_publishes_nothing() {
+    let b = breaker(Config {
+        failure_threshold: 1,
+        ..Config::default()
+    });
+    run(&b, Outcome::Failure, 0.0);
+    assert_eq!(b.take_publish(), None);
+}
+
+#[test]
+fn a_failed_publication_is_put_back_unless_a_newer_change_came() {
+    let b = shared(Config {
+        failure_threshold: 1,
+        ..Config::default()
+    });
+    run(&b, Outcome::Failure, 0.0);
+    let (open, count) = b.take_publish().expect("open");
+    b.unpublish(open, count);
+    assert_eq!(b.take_publish().map(|p| p.0), Some(open));
+    b.reset(1.0);
+    b.unpublish(open, count);
+    assert_eq!(b.take_publish().map(|p| p.0), Some(Publish::Closed));
+}
+
+#[test]
+fn the_fleet_opens_and_closes_it_at_the_next_look() {
+    let b = shared(Config {
+        reset_timeout: 30.0,
+        ..Config::default()
+    });
+    let seen = b.published();
+    let until = crate::clock::now_unix_f64() + 20.0;
+    assert!(b.offer(
+        Remote::Open {
+            until,
+            open_for: 30.0
+        },
+        seen
+    ));
+    let (state, t) = b.state(100.0);
+    assert_eq!(state, State::Open);
+    let t = t.expect("a transition to announce");
+    assert_eq!(t.reason, Reason::OpenedElsewhere);
+    assert_eq!(
+        t.to_string(),
+        "closed -> open (opened elsewhere in the fleet), next probe in 30s"
+    );
+    let left = b.retry_after(100.0);
+    assert!((19.0..=20.0).contains(&left), "{left}");
+    // Applying what the fleet said is not news for the fleet.
+    assert_eq!(b.take_publish(), None);
+    assert!(b.admit(100.0).0.is_err());
+    assert!(b.offer(Remote::Closed, seen));
+    let (_, t) = b.admit(101.0);
+    assert_eq!(
+        t.map(|t| (t.to, t.reason)),
+        Some((State::Closed, Reason::ClosedElsewhere))
+    );
+}
+
+#[test]
+fn an_open_period_already_over_elsewhere_makes_it_half_open() {
+    let b = shared(Config::default());
+    let until = crate::clock::now_unix_f64() - 1.0;
+    b.offer(
+        Remote::Open {
+            until,
+            open_for: 30.0,
+        },
+        b.published(),
+    );
+    let (state, t) = b.state(5.0);
+    assert_eq!(state, State::HalfOpen);
+    assert_eq!(t.map(|t| t.reason), Some(Reason::OpenedElsewhere));
+}
+
+#[test]
+fn what_the_fleet_said_before_a_local_change_is_dropped() {
+    let b = shared(Config {
+        failure_threshold: 1,
+        ..Config::default()
+    });
+    let seen = b.published();
+    run(&b, Outcome::Failure, 0.0);
+    assert!(!b.offer(Remote::Closed, seen), "read before the local open");
+    assert_eq!(b.state(1.0).0, State::Open);
+}
+
+#[test]
+fn half_open_probes_only_under_the_reservations_held() {
+    let b = shared(Config {
+        failure_threshold: 1,
+        reset_timeout: 1.0,
+        half_open_max_calls: 3,
+        ..Config::default()
+    });
+    run(&b, Outcome::Failure, 0.0);
+    b.set_allowance(Some(0));
+    let refused = b.admit(2.0).0.expect_err("no reservation");
+    assert_eq!((refused.state, refused.retry_after), (State::HalfOpen, 0.0));
+    b.set_allowance(Some(1));
+    let probe = admitted(&b, 2.0);
+    assert!(probe.probe);
+    assert!(b.admit(2.0).0.is_err(), "one reservation, one probe");
+    // The store is lost: local rules, half_open_max_calls probes.
+    b.set_allowance(None);
+    admitted(&b, 2.0);
+    admitted(&b, 2.0);
+    assert!(b.admit(2.0).0.is_err());
+    assert_eq!(b.stats().probes_started, 3);
+}
