@@ -516,6 +516,51 @@ CONFIGURATION: dict[str, list[Row]] = {
                 "1000000000000000000000000000000000000000000000000000000000000000... (401 digits)"
             ),
         ),
+        Row(
+            "CircuitBreaker('db', store=5)",
+            "TypeError: store: must be a store URI (redis:// or unix://) or None, got int",
+        ),
+        Row(
+            "CircuitBreaker('db', store=b'redis://h')",
+            "TypeError: store: must be a store URI (redis:// or unix://) or None, got bytes",
+        ),
+        Row(
+            "CircuitBreaker('db', store='/tmp/state.json')",
+            'ValueError: store: is not a store URI, got "/tmp/state.json"',
+        ),
+        Row(
+            "CircuitBreaker('db', store='redis://h:0')",
+            'ValueError: store: must have a port from 1 to 65535, got "redis://h:0"',
+        ),
+        Row(
+            "CircuitBreaker('db', store='redis://:secret@h:0')",
+            'ValueError: store: must have a port from 1 to 65535, got "redis://***@h:0"',
+        ),
+        Row(
+            "CircuitBreaker('db', store='redis://localhost', clock=lambda: 0.0)",
+            "ValueError: clock: cannot be combined with store= (a fleet shares the system clock)",
+        ),
+        Row(
+            "CircuitBreaker('db', poll_interval=-1)",
+            "ValueError: poll_interval: must be a finite number of seconds >= 0, got -1",
+        ),
+        Row(
+            "CircuitBreaker('db', poll_interval=math.nan)",
+            "ValueError: poll_interval: must be a finite number of seconds >= 0, got NaN",
+        ),
+        Row(
+            "CircuitBreaker('db', poll_interval='1')",
+            "TypeError: poll_interval: must be a number, got '1'",
+        ),
+        Row(
+            "CircuitBreaker('db', poll_interval=True)",
+            "TypeError: poll_interval: must be a number, got True",
+        ),
+        Row(
+            "result = CircuitBreaker('db', store='redis://:pw@localhost:1/0?key=app').store",
+            "redis://:***@localhost:1/0?key=app",
+        ),
+        Row("result = CircuitBreaker('db').store is None", "True"),
         Row("result = CircuitBreaker('db', reset_timeout=5).probe_timeout", "30.0"),
         Row("result = CircuitBreaker('db', reset_timeout=90).probe_timeout", "90.0"),
         Row(

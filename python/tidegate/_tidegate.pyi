@@ -332,9 +332,20 @@ class CircuitBreaker:
     before a state change cannot affect the new state when it finishes late. No lock is held
     while a protected call runs.
 
+    ``store`` (a ``redis://`` or ``unix://`` URI, as ``MaintenanceSwitch`` takes) shares the
+    state with every breaker of the same name on that store: a local open is published and
+    opens the others within ``poll_interval`` seconds (at once where change notices get
+    through); a probe that closes it closes them. Half-open admits a probe only under a
+    reservation held in the store, at most ``half_open_max_calls`` across the fleet; a
+    reservation expires ``probe_timeout`` plus two poll intervals after its holder last
+    renewed it. A thread of the breaker does all the store's I/O: a call never waits on it.
+    While the store cannot be reached, the breaker is a local one (one warning on the
+    ``tidegate`` logger when it is lost, one when it is back). The open record lives until the
+    open period plus a probe's bound; if nobody probed by then, the fleet starts closed again.
+
     ``clock`` is a zero-argument callable returning monotonic seconds, used instead of the
-    process's monotonic clock (for tests). Every bad argument is a ``ValueError`` or
-    ``TypeError`` naming the parameter.
+    process's monotonic clock (for tests; not with ``store``). Every bad argument is a
+    ``ValueError`` or ``TypeError`` naming the parameter.
 
     This class is the state machine; ``tidegate.CircuitBreaker`` subclasses it and adds the
     ``with`` and decorator forms, logging on the ``tidegate`` logger (warning when opening,
@@ -358,6 +369,8 @@ class CircuitBreaker:
         exclude: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         fallback: Callable[..., Any] | None = None,
         clock: Callable[[], float] | None = None,
+        store: str | None = None,
+        poll_interval: float = 1.0,
     ) -> Self: ...
     def call(self, func: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run ``func(*args, **kwargs)`` through the breaker and return its result.
@@ -433,6 +446,12 @@ class CircuitBreaker:
     def exclude(self) -> tuple[type[BaseException], ...]: ...
     @property
     def fallback(self) -> Callable[..., Any] | None: ...
+    @property
+    def store(self) -> str | None:
+        """The store URI (its password hidden); ``None`` for a breaker of this process alone."""
+
+    @property
+    def poll_interval(self) -> float: ...
     def open(self) -> None:
         """Open by hand. A half-open breaker re-trips (backoff applies); an open one restarts
         its open period."""

@@ -57,8 +57,11 @@ class CircuitBreaker(_NativeCircuitBreaker):
         breaker.call(fetch, *args, **kwargs)
 
     Transitions are logged on the ``tidegate`` logger (warning when opening, info otherwise)
-    and passed to listeners (see ``add_listener``). See ``tidegate._tidegate.CircuitBreaker``
-    for the options and the state machine.
+    and passed to listeners (see ``add_listener``). With ``store="redis://..."`` breakers of
+    the same name share their state across processes and hosts (a trip anywhere opens them
+    all within ``poll_interval``; half-open probes are bounded across the fleet); a call never
+    waits on the store, and without it each goes on locally. See
+    ``tidegate._tidegate.CircuitBreaker`` for the options and the state machine.
     """
 
     # Replaced whole, never changed in place, so a transition reads it without a lock; unset

@@ -393,7 +393,7 @@ impl BreakerPy {
         clock = None,
         store = None,
         poll_interval = Duration::from_secs(1),
-    ))]
+    ), text_signature = "(name, *, failure_threshold=5, reset_timeout=30.0, half_open_max_calls=1, probe_timeout=None, success_threshold=1, failure_rate=None, window=60.0, minimum_calls=10, max_reset_timeout=None, backoff=2.0, exclude=None, fallback=None, clock=None, store=None, poll_interval=1.0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         #[pyo3(from_py_with = name)] name: String,
