@@ -30,7 +30,7 @@ use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 
 mod py;
 
-pub use py::DecisionCore;
+pub use py::{DecisionCore, PreprocessRequest, ProcessResponse};
 
 /// The request may skip the gate (an exempt view).
 pub const EXEMPT_GATE: u8 = 1;
