@@ -292,8 +292,8 @@ impl Drop for ClosingBody {
                     err.write_unraisable(py, Some(self.inner.bind(py)));
                 }
             });
+            self.release();
         }
-        self.release();
     }
 }
 
