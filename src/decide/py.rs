@@ -124,9 +124,9 @@ impl DecisionCore {
         }
     }
 
-    /// The after-request hook: a response that is not streamed is finished, so its permit goes
-    /// back now (as a teardown hook would give it); a streamed one keeps it for its body's
-    /// close (`ReleasingApp`).
+    /// The after-request step (`ProcessResponse`): a response that is not streamed is finished,
+    /// so its permit goes back now (as a teardown hook would give it); a streamed one keeps it
+    /// for its body's close (`ReleasingApp`).
     fn after<'py>(
         &self,
         py: Python<'py>,
