@@ -30,7 +30,7 @@ use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 
 mod py;
 
-pub use py::DecisionCore;
+pub use py::{DecisionCore, PreprocessRequest, ProcessResponse};
 
 /// The request may skip the gate (an exempt view).
 pub const EXEMPT_GATE: u8 = 1;
@@ -70,6 +70,9 @@ pub struct Decider {
     /// path -> `None` (exempt: straight to the app) or a callable `(path) -> Rendered | None`
     /// (a route of ours; `None` from it means exempt).
     pub routes: Py<PyDict>,
+    /// Bit `n` is set when some route's path is `n` characters long (bit 63: 63 or more), so
+    /// most requests skip the lookup in `routes`: a path of another length is none of them.
+    route_lengths: u64,
     /// `(environ) -> Rendered | None`, called while maintenance is on; `None` means the
     /// request may bypass it.
     pub on_maintenance: Py<PyAny>,
@@ -117,10 +120,21 @@ impl Decider {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
+        // A copy: the lengths below must stay those of the routes looked up.
+        let routes = routes.bind(py).copy()?;
+        let mut route_lengths = 0;
+        for path in routes.keys() {
+            route_lengths |= match path.cast::<PyString>() {
+                Ok(path) => length_bit(path.len()?),
+                // Only a str key can match a path; anything else turns the shortcut off.
+                Err(_) => u64::MAX,
+            };
+        }
         Ok(Self {
             gate: gate.map(|g| g.gate.clone()),
+            routes: routes.unbind(),
+            route_lengths,
             maintenance: maintenance.map(|m| m.core.clone()),
-            routes,
             on_maintenance,
             on_dependency,
             variants,
@@ -139,7 +153,7 @@ impl Decider {
     ) -> PyResult<Verdict<'py>> {
         // Only a str can name a route (and an unhashable value must not raise here).
         if let Some(path) = lookup(environ, environ_dict, intern!(py, "PATH_INFO"))?
-            .filter(|path| path.is_instance_of::<PyString>())
+            .filter(|path| self.may_be_route(path))
         {
             if let Some(route) = self.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
@@ -174,6 +188,16 @@ impl Decider {
         Ok(Verdict::Shed { variant, html })
     }
 
+    /// Whether `path` can name a route: a str (of a length some route has, when it is a plain
+    /// one).
+    fn may_be_route(&self, path: &Bound<'_, PyAny>) -> bool {
+        if !path.is_exact_instance_of::<PyString>() {
+            return path.is_instance_of::<PyString>();
+        }
+        path.len()
+            .map_or(true, |len| self.route_lengths & length_bit(len) != 0)
+    }
+
     /// A cheap, well-spread index for Retry-After jitter (splitmix64 over a shared counter):
     /// the one jitter picker.
     fn pick(&self, n: usize) -> usize {
@@ -190,6 +214,11 @@ impl Decider {
         x ^= x >> 31;
         (x % n as u64) as usize
     }
+}
+
+/// The bit of [`Decider::route_lengths`] for a path of `len` characters.
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 fn rendition(py: Python<'_>, rendered: Py<PyAny>) -> PyResult<Rendition> {

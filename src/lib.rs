@@ -24,7 +24,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::clock::{format_iso_py, parse_iso_py};
     #[pymodule_export]
-    use crate::decide::DecisionCore;
+    use crate::decide::{DecisionCore, PreprocessRequest, ProcessResponse};
     #[pymodule_export]
     use crate::gate::{GatePy, PermitPy};
     #[pymodule_export]

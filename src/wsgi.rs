@@ -9,9 +9,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::decide::{header_list, is_head, take_permit, Decider, DecisionConfig, Verdict};
 use crate::errors::{config_error, wsgi_arity};
@@ -196,6 +198,10 @@ impl ReleasingApp {
         self.app.clone_ref(py)
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.app)
+    }
+
     #[pyo3(signature = (*args))]
     fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         let outcome = self.app.bind(py).call(args, None);
@@ -286,8 +292,8 @@ impl Drop for ClosingBody {
                     err.write_unraisable(py, Some(self.inner.bind(py)));
                 }
             });
+            self.release();
         }
-        self.release();
     }
 }
 

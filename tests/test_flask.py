@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import hammer
-from flask import Flask, Response, abort, stream_with_context
+from flask import Blueprint, Flask, Response, abort, stream_with_context
 
 from tidegate import CapacityGate
 from tidegate.flask import TideGate, TideGateState, TideGateUnavailable
@@ -102,6 +102,82 @@ def test_a_request_short_circuited_by_a_later_hook_gives_its_permit_back() -> No
 
     for _ in range(5):
         assert app.test_client().get("/").status_code == 403
+    assert state(app).gate.in_flight == 0
+
+
+def test_blueprint_hooks_and_url_value_preprocessors_still_run_in_flasks_order() -> None:
+    app = make_app()
+    TideGate(app, limit=1, maintenance=False)
+    ran: list[str] = []
+    shop = Blueprint("shop", __name__)
+
+    @shop.url_value_preprocessor
+    def pull(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        ran.append("preprocessor")
+
+    @shop.before_request
+    def shop_hook() -> None:
+        ran.append(f"hook, {state(app).gate.in_flight} in flight")
+
+    @shop.get("/item")
+    def item() -> str:
+        return "item"
+
+    app.register_blueprint(shop, url_prefix="/shop")
+    client = app.test_client()
+    assert client.get("/shop/item").data == b"item"
+    assert ran == ["preprocessor", "hook, 1 in flight"]
+    assert state(app).gate.in_flight == 0
+    held = state(app).gate.try_acquire()
+    assert client.get("/shop/item").status_code == 503
+    # URL value preprocessors come before every before_request hook, tidegate's too.
+    assert ran[2:] == ["preprocessor"], "a shed request runs no later hook"
+    held.release()
+
+
+def test_an_apps_own_preprocess_request_still_runs() -> None:
+    calls: list[int] = []
+
+    class Counting(Flask):
+        def preprocess_request(self) -> Any:
+            calls.append(1)
+            return super().preprocess_request()
+
+    app = Counting("counting")
+    app.get("/")(lambda: "ok")
+    TideGate(app, limit=1, maintenance=False)
+    held = state(app).gate.try_acquire()
+    assert app.test_client().get("/").status_code == 503
+    held.release()
+    assert app.test_client().get("/").status_code == 200
+    assert len(calls) == 2
+    assert state(app).gate.in_flight == 0
+
+
+def test_after_request_hooks_run_while_the_permit_is_held() -> None:
+    app = make_app()
+    TideGate(app, limit=1, maintenance=False)
+    seen: list[int] = []
+
+    @app.after_request
+    def look(response: Response) -> Response:
+        seen.append(state(app).gate.in_flight)
+        return response
+
+    assert app.test_client().get("/").status_code == 200
+    assert seen == [1]
+    assert state(app).gate.in_flight == 0
+
+
+def test_a_request_context_that_makes_no_response_gives_its_permit_back_when_dropped() -> None:
+    app = make_app()
+    TideGate(app, limit=1, maintenance=False)
+    with app.test_request_context("/"):
+        assert app.preprocess_request() is None
+        assert state(app).gate.in_flight == 1
+        refused = app.preprocess_request()
+        assert refused is not None and refused.status_code == 503
+    gc.collect()
     assert state(app).gate.in_flight == 0
 
 
@@ -223,6 +299,9 @@ def test_double_registration_raises() -> None:
     ext = TideGate(app, limit=1)
     with pytest.raises(RuntimeError, match="already registered"):
         ext.init_app(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        TideGate(app)
+    app.extensions.clear()
     with pytest.raises(RuntimeError, match="already registered"):
         TideGate(app)
 

@@ -194,6 +194,18 @@ def test_exempt_paths_skip_the_gate(recording_app: RecordingApp) -> None:
     held.close()
 
 
+def test_exempt_paths_of_any_length_match_only_themselves(recording_app: RecordingApp) -> None:
+    long = "/" + "x" * 80
+    near = "/" + "x" * 79 + "y"  # as long, and 63 or more characters like it
+    mw = TideGateMiddleware(recording_app, limit=1, exempt_paths=["/", long, "/é"])
+    held = mw(environ_for("/stream"), start_response)
+    for path in ("/", long, "/é"):
+        assert call(mw, path).code == 200, path
+    for path in (near, "/e", "/x", "//"):
+        assert call(mw, path).code == 503, path
+    held.close()
+
+
 def test_health_paths_are_exempt_by_default(recording_app: RecordingApp) -> None:
     mw = TideGateMiddleware(recording_app, limit=1)
     held = mw(environ_for("/stream"), start_response)

@@ -34,6 +34,8 @@ __all__ = [
     "MaintenanceSwitch",
     "MiddlewareCore",
     "Permit",
+    "PreprocessRequest",
+    "ProcessResponse",
     "ReleasingApp",
     "RetryAfter",
     "__version__",
@@ -267,6 +269,31 @@ class MiddlewareCore:
         dependency_error: object,
     ) -> None: ...
     def __call__(self, *args: Any) -> Iterable[bytes]: ...
+
+@final
+class PreprocessRequest:
+    """Flask's ``app.preprocess_request``, wrapped: while ``hook`` (tidegate's before-request
+    hook) is the only thing Flask's own method would run, it decides without Flask's per-hook
+    dispatch; otherwise the original runs. Not for direct use."""
+
+    def __new__(
+        cls, core: DecisionCore, app: Any, hook: Any, original: Any, *, skippable: bool
+    ) -> PreprocessRequest: ...
+    @property
+    def original(self) -> Any:
+        """The wrapped method."""
+    def __call__(self, *args: Any) -> Any: ...
+
+@final
+class ProcessResponse:
+    """Flask's ``app.process_response``, wrapped: the original, then the step that gives a
+    finished response's permit back. Not for direct use."""
+
+    def __new__(cls, core: DecisionCore, original: Any) -> ProcessResponse: ...
+    @property
+    def original(self) -> Any:
+        """The wrapped method."""
+    def __call__(self, response: Any) -> Any: ...
 
 @final
 class ReleasingApp:

@@ -1,16 +1,17 @@
-"""Flask extension: tidegate's 503 handling as Flask hooks over the one decision every adapter
-shares.
+"""Flask extension: tidegate's 503 handling in Flask's request cycle, over the one decision
+every adapter shares.
 
-The ``before_request`` hook asks the decision core and answers with its 503 (or health answer)
-when it says so. The permit of an admitted request waits in ``request.environ``. The
-``after_request`` hook gives it back once the response is finished; a streamed response keeps
-it until the server closes its body (``app.wsgi_app`` is wrapped for that), and a request
-whose exception leaves Flask gives it back at once. Each request owns its permit: only a
-request the core admitted gives one back, and exactly once. A request that another hook
-answered first, or that tidegate itself turned away, releases nothing, so the limit holds
-under overload. A request context that never produces a response
-(``app.test_request_context()`` with ``preprocess_request()``) gives its permit back when its
-environ is dropped.
+A ``before_request`` hook asks the decision core and answers with its 503 (or health answer)
+when it says so; ``app.preprocess_request`` is wrapped so that, while that hook is the only one,
+the decision runs without Flask's per-hook dispatch. The permit of an admitted request waits in
+``request.environ``. ``app.process_response`` is wrapped to give it back once the response is
+finished, after the app's own ``after_request`` hooks; a streamed response keeps it until the
+server closes its body (``app.wsgi_app`` is wrapped for that), and a request whose exception
+leaves Flask gives it back at once. Each request owns its permit: only a request the core
+admitted gives one back, and exactly once. A request that another hook answered first, or that
+tidegate itself turned away, releases nothing, so the limit holds under overload. A request
+context that never produces a response (``app.test_request_context()`` with
+``preprocess_request()``) gives its permit back when its environ is dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tidegate._tidegate import (
     EXEMPT_MAINTENANCE,
     CircuitOpenError,
     DecisionCore,
+    PreprocessRequest,
+    ProcessResponse,
     ReleasingApp,
 )
 from tidegate.responses import Rendered
@@ -105,7 +108,11 @@ class TideGate:
 
     def init_app(self, app: Flask) -> None:
         """Registers tidegate's hooks on ``app``; a second registration is a ``RuntimeError``."""
-        if _EXTENSION_KEY in app.extensions:
+        if (
+            _EXTENSION_KEY in app.extensions
+            or isinstance(app.preprocess_request, PreprocessRequest)
+            or isinstance(app.process_response, ProcessResponse)
+        ):
             raise RuntimeError("tidegate is already registered on this app")
         options: dict[str, Any] = {
             name: app.config[key] for name, key in FLASK_CONFIG_KEYS.items() if key in app.config
@@ -124,22 +131,29 @@ class TideGate:
             on_answer=functools.partial(_answer, state),
         )
         app.extensions[_EXTENSION_KEY] = state
-        # Plain functions around the core's methods, because Flask looks far longer at any
-        # other callable before calling it. The before hook goes first in line, so excess
-        # requests are shed before any other hook does work.
-        before, after = core.before, core.after
+        # A plain function around the core's method, because Flask looks far longer at any
+        # other callable before calling it. It goes first in line, so excess requests are shed
+        # before any other hook does work.
+        before = core.before
 
         def tidegate_before_request() -> Response | None:
             return before()  # type: ignore[no-any-return]
 
-        def tidegate_after_request(response: Response) -> Response:
-            return after(response)  # type: ignore[no-any-return]
-
         app.before_request_funcs.setdefault(None, []).insert(0, tidegate_before_request)
-        # Registered first, so it runs after the app's own after_request hooks: a finished
-        # response gives its permit back there, a streamed one when the server closes its
-        # body. If the app raises out of Flask, the permit goes back at once.
-        app.after_request(tidegate_after_request)
+        # Flask's own preprocess_request only dispatches to the hooks: while tidegate's is the
+        # only one, the wrapper decides without that dispatch. The decision runs where the hook
+        # stands either way.
+        original = app.preprocess_request
+        skippable = getattr(original, "__func__", None) is Flask.preprocess_request and (
+            getattr(original, "__self__", None) is app
+        )
+        app.preprocess_request = PreprocessRequest(  # type: ignore[method-assign]
+            core, app, tidegate_before_request, original, skippable=skippable
+        )
+        # After the app's after_request hooks and the session: a finished response gives its
+        # permit back there, a streamed one when the server closes its body. If the app raises
+        # out of Flask, the permit goes back at once.
+        app.process_response = ProcessResponse(core, app.process_response)  # type: ignore[method-assign]
         app.wsgi_app = ReleasingApp(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if CircuitOpenError not in app.error_handler_spec.get(None, {}).get(None, {}):
             app.register_error_handler(

@@ -1,9 +1,11 @@
 //! `DecisionCore`, the decision as Python's framework adapters (the Flask hooks, the Django
 //! middleware) call it: configuration, the before-request hook and the permit's way back.
 
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::PyTraverseError;
 
 use super::{is_head, take_permit, Decider, DecisionConfig, Verdict, PERMIT_KEY};
 use crate::errors::config_error;
@@ -122,9 +124,9 @@ impl DecisionCore {
         }
     }
 
-    /// The after-request hook: a response that is not streamed is finished, so its permit goes
-    /// back now (as a teardown hook would give it); a streamed one keeps it for its body's
-    /// close (`ReleasingApp`).
+    /// The after-request step (`ProcessResponse`): a response that is not streamed is finished,
+    /// so its permit goes back now (as a teardown hook would give it); a streamed one keeps it
+    /// for its body's close (`ReleasingApp`).
     fn after<'py>(
         &self,
         py: Python<'py>,
@@ -225,5 +227,139 @@ impl DecisionCore {
         self.decider
             .get()
             .ok_or_else(|| config_error("the decision was not configured"))
+    }
+}
+
+/// Flask's `app.preprocess_request`, wrapped: the app's before-request hooks, with tidegate's
+/// (`hook`, which calls [`DecisionCore::before`]) among them where Flask put it. When that hook
+/// is the only thing Flask's own method would run (no other before-request hook, no URL value
+/// preprocessor, for the app or any blueprint), the decision is made here and Flask's method,
+/// which would only dispatch to it, is skipped: same outcome, without Flask's per-hook cost.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct PreprocessRequest {
+    core: Py<DecisionCore>,
+    app: Py<PyAny>,
+    hook: Py<PyAny>,
+    /// What `app.preprocess_request` was.
+    original: Py<PyAny>,
+    /// Whether `original` is Flask's own method, which does nothing but run the hooks.
+    skippable: bool,
+}
+
+#[pymethods]
+impl PreprocessRequest {
+    #[new]
+    #[pyo3(signature = (core, app, hook, original, *, skippable))]
+    fn new(
+        core: Py<DecisionCore>,
+        app: Py<PyAny>,
+        hook: Py<PyAny>,
+        original: Py<PyAny>,
+        skippable: bool,
+    ) -> Self {
+        Self {
+            core,
+            app,
+            hook,
+            original,
+            skippable,
+        }
+    }
+
+    /// The wrapped method.
+    #[getter]
+    fn original(&self, py: Python<'_>) -> Py<PyAny> {
+        self.original.clone_ref(py)
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.skippable && self.hook_runs_alone(py)? {
+            return Ok(self.core.get().before(py)?.unwrap_or_else(|| py.None()));
+        }
+        Ok(self.original.bind(py).call0()?.unbind())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.core)?;
+        visit.call(&self.app)?;
+        visit.call(&self.hook)?;
+        visit.call(&self.original)
+    }
+}
+
+impl PreprocessRequest {
+    /// Whether `hook` is all Flask's `preprocess_request` would run: the app's only
+    /// before-request function, and no URL value preprocessor anywhere. Flask keeps both kinds
+    /// in dicts of lists by blueprint name (empty lists may linger there).
+    fn hook_runs_alone(&self, py: Python<'_>) -> PyResult<bool> {
+        let app = self.app.bind(py);
+        let befores = app.getattr(intern!(py, "before_request_funcs"))?;
+        let Ok(befores) = befores.cast::<PyDict>() else {
+            return Ok(false);
+        };
+        let mut found = false;
+        for (name, funcs) in befores.iter() {
+            let Ok(funcs) = funcs.cast_exact::<PyList>() else {
+                return Ok(false);
+            };
+            match funcs.len() {
+                0 => {}
+                1 if name.is_none() && funcs.get_item(0)?.is(self.hook.bind(py)) => found = true,
+                _ => return Ok(false),
+            }
+        }
+        if !found {
+            return Ok(false);
+        }
+        let preprocessors = app.getattr(intern!(py, "url_value_preprocessors"))?;
+        let Ok(preprocessors) = preprocessors.cast::<PyDict>() else {
+            return Ok(false);
+        };
+        for (_, funcs) in preprocessors.iter() {
+            if !funcs
+                .cast_exact::<PyList>()
+                .is_ok_and(|funcs| funcs.is_empty())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Flask's `app.process_response`, wrapped: the original first (the app's after-request hooks,
+/// the session), then [`DecisionCore::after`], which gives a finished response's permit back.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct ProcessResponse {
+    core: Py<DecisionCore>,
+    /// What `app.process_response` was.
+    original: Py<PyAny>,
+}
+
+#[pymethods]
+impl ProcessResponse {
+    #[new]
+    fn new(core: Py<DecisionCore>, original: Py<PyAny>) -> Self {
+        Self { core, original }
+    }
+
+    /// The wrapped method.
+    #[getter]
+    fn original(&self, py: Python<'_>) -> Py<PyAny> {
+        self.original.clone_ref(py)
+    }
+
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        response: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let response = self.original.bind(py).call1((response,))?;
+        self.core.get().after(py, response)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.core)?;
+        visit.call(&self.original)
     }
 }
