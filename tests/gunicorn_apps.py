@@ -239,6 +239,25 @@ conformance_application = _conformance_application()
 STORE_ENV = "TIDEGATE_TEST_STORE"
 POLL_ENV = "TIDEGATE_TEST_POLL"
 SEEN_PATH = "/_seen"
+#: ``fleet_application``: trips the shared breaker, and calls through it.
+TRIP_PATH = "/_trip"
+CALL_PATH = "/call"
+
+
+def _fleet_breaker() -> CircuitBreaker | None:
+    store = os.environ.get(STORE_ENV)
+    if store is None:
+        return None
+    return CircuitBreaker(
+        "fleet-db",
+        failure_threshold=1,
+        reset_timeout=DEPENDENCY_RESET_TIMEOUT,
+        store=store,
+        poll_interval=float(os.environ.get(POLL_ENV, "1.0")),
+    )
+
+
+fleet_breaker = _fleet_breaker()
 
 
 def _fleet_application() -> TideGateMiddleware | None:
@@ -253,13 +272,21 @@ def _fleet_application() -> TideGateMiddleware | None:
         limit=LIMIT,
         maintenance=switch,
         health=HealthChecks(),
-        exempt_paths=[STATS_PATH, SEEN_PATH],
+        exempt_paths=[STATS_PATH, SEEN_PATH, TRIP_PATH],
     )
 
 
 def fleet_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    """``measured_app`` plus ``/_seen`` (exempt): this worker's pid and what its switch says."""
-    if environ.get("PATH_INFO") == SEEN_PATH:
+    """``measured_app`` plus ``/_seen`` (exempt): this worker's pid and what its switch says;
+    ``/_trip``: opens the fleet's shared breaker here; ``/call``: a call through it."""
+    path = environ.get("PATH_INFO")
+    assert fleet_breaker is not None
+    if path == TRIP_PATH:
+        fleet_breaker.open()
+        return _text(start_response, "200 OK", b"tripped")
+    if path == CALL_PATH:
+        return fleet_breaker.call(_text, start_response, "200 OK", b"called")
+    if path == SEEN_PATH:
         assert fleet_application is not None and fleet_application.maintenance is not None
         switch = fleet_application.maintenance
         seen = {"pid": os.getpid(), "active": switch.active, "draining": switch.draining}

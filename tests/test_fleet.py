@@ -1,7 +1,8 @@
 """A fleet on one Redis: three Gunicorn servers (standing in for three hosts, each in a folder
 of its own, two workers each) follow one store. ``tidegate maintenance on --state redis://...``
 reaches every worker of every server, ``off`` brings them back, and ``drain`` fails readiness
-everywhere while requests are still served; ``status`` lists every worker."""
+everywhere while requests are still served; ``status`` lists every worker. A breaker tripped in
+one worker of one server makes every worker of the others fail fast."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import pytest
-from gunicorn_apps import POLL_ENV, SEEN_PATH, STORE_ENV
+from gunicorn_apps import CALL_PATH, POLL_ENV, SEEN_PATH, STORE_ENV, TRIP_PATH
 from redis_server import RedisServer
 from servers import GunicornServer, serving, wait_for
 
@@ -126,3 +127,27 @@ def test_drain_fails_readiness_everywhere_while_requests_are_served(
         lambda seen: not any(view["draining"] for view in seen.values()),
         timeout=5,
     )
+
+
+def test_a_breaker_tripped_in_one_server_opens_it_in_the_others(
+    fleet: tuple[str, Sequence[GunicornServer]],
+) -> None:
+    _, servers = fleet
+    assert all(server.fetch(CALL_PATH).status == 200 for server in servers)
+    assert servers[0].fetch(TRIP_PATH).status == 200
+
+    def refusals(server: GunicornServer) -> list[int]:
+        return [server.fetch(CALL_PATH).status for _ in range(8 * WORKERS)]
+
+    for server in servers[1:]:
+        # Every worker (the kernel spreads the connections) answers with the dependency 503.
+        replies = wait_for(
+            lambda server=server: refusals(server),
+            lambda statuses: set(statuses) == {503},
+            timeout=5,
+            what="the trip reaching every worker",
+        )
+        assert len(replies) == 8 * WORKERS
+        reply = server.fetch(CALL_PATH, headers={"Accept": "application/json"})
+        assert reply.json()["reason"] == "dependency"
+        assert int(reply.headers["Retry-After"]) > 0
