@@ -45,6 +45,11 @@ pub use aimd::AimdConfig;
 pub use gradient::Gradient2Config;
 pub use vegas::VegasConfig;
 
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
 /// Which algorithm moves the limit, with its own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Algorithm {
