@@ -29,6 +29,12 @@
 //! | `window_size` | 20 | 10 | the mean of 20 samples with ±10 % jitter is within ~1.5 % of the truth |
 //! | `min_rtt_threshold` | 100 µs | 100 µs | answers that never reached the app say nothing about it |
 //!
+//! # Cost
+//!
+//! `on_sample` costs about 14 ns when it only adds to the window (one thread, release
+//! build, measured by the ignored test `on_sample_cost`); closing a window, four times a
+//! second by default, runs the algorithm once.
+//!
 //! # Algorithms
 //!
 //! [`Algorithm::Gradient2`] (the default, see [`gradient`]), [`Algorithm::Aimd`] (see

@@ -65,6 +65,19 @@ fn report() {
                 eprintln!("{}", describe(name, n, initial, &r, 30.0));
             }
         }
+        for (what, before, after) in [("3x slower", S, 3.0 * S), ("3x faster", 3.0 * S, S)] {
+            let mut sim = SimConfig::new(n, before, 40.0);
+            sim.service_change = Some((20.0, after));
+            let r = run(&sim, config(gradient(), n));
+            let (median, min, max) = r.limit_stats(30.0, 40.0);
+            eprintln!(
+                "gradient2  N={n:2} {what} at 20 s: converged at {} s, 30..40 s: median {median} \
+                 min {min} max {max}; p90 rtt after the change {:.1} ms",
+                r.converged_at(n, 0.2, 40.0)
+                    .map_or("never".to_string(), |t| format!("{t:.1}")),
+                1e3 * r.rtt_percentile(20.0, 40.0, 0.9),
+            );
+        }
     }
 }
 
