@@ -50,8 +50,10 @@ fn describe(name: &str, n: usize, initial: usize, r: &SimResult, end: f64) -> St
     )
 }
 
-/// The numbers quoted in the documentation: `cargo test report -- --nocapture`.
+/// Prints the numbers per algorithm, N and start:
+/// `cargo test adaptive::tests::report -- --ignored --nocapture`.
 #[test]
+#[ignore = "prints measurements; the tests below check them"]
 fn report() {
     for n in WORKERS {
         for initial in starts(n) {
