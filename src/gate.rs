@@ -10,6 +10,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::errors::ArgError;
 
+pub mod adaptive;
 mod py;
 
 pub use py::{extract_limit, GatePy, PermitPy};
