@@ -71,8 +71,8 @@ use parking_lot::Mutex;
 use crate::store::{self, Conn, StoreError, Subscription};
 
 pub use py::{
-    drain_process_py, prepare_module, process_draining_py, undrain_process_py, write_atomic_py,
-    MaintenanceStatusPy, MaintenanceSwitchPy,
+    drain_process_py, log_warning, prepare_module, process_draining_py, undrain_process_py,
+    write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,
 };
 pub use state_file::{State, TooLarge, MAX_DELAY};
 
