@@ -88,7 +88,8 @@ pub fn families_py(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Vec<Family
 
 /// Creates a shared metrics file with `slots` worker slots in `directory`; returns its path.
 #[pyfunction(name = "metrics_create")]
-#[pyo3(signature = (directory, slots=super::DEFAULT_SLOTS))]
+// The default is `DEFAULT_SLOTS`, written out so that the signature Python sees shows it.
+#[pyo3(signature = (directory, slots=64))]
 pub fn create_py(py: Python<'_>, directory: PathBuf, slots: usize) -> PyResult<PathBuf> {
     Ok(py.detach(|| super::create_shared(&directory, slots))?)
 }
