@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
+from servers import GunicornServer, ServerError
 
 from tidegate import _tidegate, metrics
 
@@ -358,3 +359,62 @@ def test_a_garbage_file_is_refused_by_a_worker_too(tmp_path: Path) -> None:
     assert child.line.startswith("refused ValueError"), child.line
     assert "not a usable metrics file" in child.line
     assert child.exit() == 3
+
+
+# -- a real Gunicorn -----------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_gunicorn_workers_replaced_by_max_requests_report_one_server(tmp_path: Path) -> None:
+    """Three sync workers, each replaced after 7 requests: every scrape, whichever worker
+    answers it, counts every request the server served, and the one file never grows."""
+    with GunicornServer(
+        "metrics_app:application",
+        worker_class="sync",
+        workers=3,
+        config="python:tidegate.gunicorn",
+        args=["--max-requests", "7"],
+        env={metrics.METRICS_DIR_ENV: str(tmp_path)},
+    ) as server:
+        [path] = tmp_path.iterdir()
+        size = path.stat().st_size
+        seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        served = 0
+        pids: set[int] = set()
+        for scrapes in range(1, 13):
+            for _ in range(5):
+                reply = server.fetch("/work")
+                assert reply.status == 200
+                pids.add(int(reply.body))
+                served += 1
+            reply = server.fetch("/metrics")
+            assert reply.headers["Content-Type"] == metrics.TEXT_CONTENT_TYPE
+            samples = counters(parse(reply.body))
+            assert requests(samples, "admitted", "none") == served
+            assert requests(samples, "probe", "none") == scrapes
+            assert samples[("tidegate_request_duration_seconds_count", ())] == served
+            assert_never_decreased(seen, samples)
+            seen = samples
+            assert path.stat().st_size == size
+        reply = server.fetch("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert reply.headers["Content-Type"] == metrics.OPENMETRICS_CONTENT_TYPE
+        assert requests(parse(reply.body, openmetrics=True), "admitted", "none") == served
+        assert len(pids) > 3, "max_requests replaced workers"
+    assert list(tmp_path.iterdir()) == [], "the master removed its file"
+
+
+@pytest.mark.server
+def test_gunicorn_refuses_to_start_with_an_unusable_metrics_dir(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    server = GunicornServer(
+        "metrics_app:application",
+        config="python:tidegate.gunicorn",
+        env={metrics.METRICS_DIR_ENV: str(not_a_folder)},
+    )
+    with pytest.raises(ServerError) as failure:
+        server.start()
+    assert f"Error: TIDEGATE_METRICS_DIR: cannot create metrics file {not_a_folder}" in str(
+        failure.value
+    )
+    assert server.returncode == 1
