@@ -16,7 +16,7 @@ pub fn prefers_html(accept: &str) -> bool {
 }
 
 /// The weight, in thousandths, that `accept` gives `kind/sub` (0 when nothing matches).
-fn weight(accept: &str, kind: &str, sub: &str) -> u32 {
+pub(crate) fn weight(accept: &str, kind: &str, sub: &str) -> u32 {
     let mut best: Option<(u8, u32)> = None;
     for range in accept.split(',') {
         let mut parts = range.split(';');

@@ -350,6 +350,96 @@ pub fn wsgi_arity(got: usize) -> PyErr {
     ))
 }
 
+/// Why the metrics could not use a shared file.
+#[derive(Debug)]
+pub enum MetricsError {
+    /// A bad argument (`slots`).
+    Arg(ArgError),
+    /// A system call on `path` failed while doing `action`.
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    /// The file is not a metrics file this version can use (garbage, truncated, another
+    /// layout).
+    BadFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// Every slot belongs to a live process.
+    Full {
+        path: std::path::PathBuf,
+        slots: usize,
+    },
+    /// This process already holds a slot (of the file at `path`).
+    AlreadyAttached { path: std::path::PathBuf },
+    /// No shared memory on this platform.
+    Unsupported,
+}
+
+impl MetricsError {
+    pub fn io(action: &'static str, path: &std::path::Path, err: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_owned(),
+            err,
+        }
+    }
+}
+
+impl From<ArgError> for MetricsError {
+    fn from(err: ArgError) -> Self {
+        Self::Arg(err)
+    }
+}
+
+impl fmt::Display for MetricsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Arg(err) => err.fmt(f),
+            Self::Io { action, path, err } => {
+                write!(f, "cannot {action} metrics file {}: {err}", path.display())
+            }
+            Self::BadFile { path, reason } => {
+                write!(
+                    f,
+                    "{} is not a usable metrics file: {reason}",
+                    path.display()
+                )
+            }
+            Self::Full { path, slots } => write!(
+                f,
+                "all {slots} slots of metrics file {} belong to live processes",
+                path.display()
+            ),
+            Self::AlreadyAttached { path } => write!(
+                f,
+                "this process already records into metrics file {}",
+                path.display()
+            ),
+            Self::Unsupported => f.write_str("shared metrics need a Unix system"),
+        }
+    }
+}
+
+impl std::error::Error for MetricsError {}
+
+impl From<MetricsError> for PyErr {
+    fn from(err: MetricsError) -> PyErr {
+        match err {
+            MetricsError::Arg(arg) => arg.into(),
+            MetricsError::BadFile { .. } => PyValueError::new_err(err.to_string()),
+            MetricsError::Io { .. } | MetricsError::Full { .. } | MetricsError::Unsupported => {
+                PyOSError::new_err(err.to_string())
+            }
+            MetricsError::AlreadyAttached { .. } => {
+                pyo3::exceptions::PyRuntimeError::new_err(err.to_string())
+            }
+        }
+    }
+}
+
 /// An instant outside the years 1 to 9999, which a Python `datetime` cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeyondDatetime {

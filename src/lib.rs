@@ -9,6 +9,7 @@ pub mod errors;
 pub mod fuzzing;
 pub mod gate;
 pub mod maintenance;
+pub mod metrics;
 pub mod retry_after;
 pub mod store;
 pub mod wsgi;
@@ -33,6 +34,11 @@ mod _tidegate {
         MaintenanceStatusPy, MaintenanceSwitchPy,
     };
     #[pymodule_export]
+    use crate::metrics::{
+        attach_py, attached_py, breaker_call_py, breaker_state_py, create_py, families_py, fold_py,
+        health_check_py, queue_time_py, record_py, release_py, scrape_py, set_gauge_py,
+    };
+    #[pymodule_export]
     use crate::retry_after::RetryAfterPy;
     #[pymodule_export]
     use crate::wsgi::{ClosingBody, MiddlewareCore, ReleasingApp};
@@ -42,6 +48,7 @@ mod _tidegate {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::breaker::prepare_module(m)?;
         crate::maintenance::prepare_module(m)?;
+        crate::metrics::prepare_module(m)?;
         m.add("EXEMPT_GATE", crate::decide::EXEMPT_GATE)?;
         m.add("EXEMPT_MAINTENANCE", crate::decide::EXEMPT_MAINTENANCE)?;
         Ok(())

@@ -88,3 +88,10 @@ def test_fleet_prints_its_three_parts_and_the_targets() -> None:
     assert output.count("(target <=") == 4
     last = output.rstrip().splitlines()[-1]
     assert last == "targets met" or last.startswith("TARGETS MISSED: ")
+
+
+def test_metrics_scrape_prints_both_scrapes_and_the_target() -> None:
+    output = run_quick("metrics_scrape.py")
+    assert len(table_row(output, "by a worker (metrics.render())")) == 2
+    assert len(table_row(output, "by another process (path=...)")) == 2
+    assert "target: a worker's scrape under 1000 us at 8 processes:" in output

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from gunicorn.config import Config
 from servers import GunicornServer, ServerError, wait_for
 
 import tidegate.gunicorn as hooks
-from tidegate import process_draining, undrain_process
+from tidegate import metrics, process_draining, undrain_process
 
 
 @dataclass
@@ -68,10 +69,13 @@ class FakeWorker:
 def sigterm_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets the test process's SIGTERM handler back, and the process undrained."""
     monkeypatch.delenv(hooks.DRAIN_SECONDS_ENV, raising=False)
+    monkeypatch.delenv(metrics.METRICS_FILE_ENV, raising=False)
+    monkeypatch.delenv(metrics.METRICS_DIR_ENV, raising=False)
     before = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
+        hooks.on_exit(FakeServer())
         current = signal.getsignal(signal.SIGTERM)
         if isinstance(current, hooks._Drain):
             current.cancel()
@@ -96,10 +100,12 @@ def sigterm() -> None:
 
 # -- Gunicorn accepts the hooks -------------------------------------------------------------
 
+HOOKS = ("on_starting", "post_fork", "post_worker_init", "worker_exit", "child_exit", "on_exit")
+
 
 def test_gunicorn_validates_every_hook() -> None:
     cfg = Config()
-    for name in ("on_starting", "post_worker_init", "worker_exit"):
+    for name in HOOKS:
         cfg.set(name, getattr(hooks, name))
         assert cfg.settings[name].get() is getattr(hooks, name)
 
@@ -114,7 +120,7 @@ def test_the_module_is_a_gunicorn_config_that_sets_only_its_hooks() -> None:
         for name, setting in loader.cfg.settings.items()
         if setting.get() != defaults.settings[name].get()
     }
-    assert changed == {"on_starting", "post_worker_init", "worker_exit"}
+    assert changed == set(HOOKS)
 
 
 def test_the_module_imports_without_gunicorn() -> None:
@@ -384,3 +390,48 @@ def test_gunicorn_refuses_to_start_with_a_bad_drain_period() -> None:
         failure.value
     )
     assert server.returncode == 1
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_on_starting_creates_the_metrics_file_and_on_exit_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = FakeServer(cfg=FakeConfig(env={metrics.METRICS_DIR_ENV: str(tmp_path)}))
+    hooks.on_starting(server)
+    path = Path(os.environ[metrics.METRICS_FILE_ENV])
+    assert path.parent == tmp_path
+    assert metrics.render(path=path)[1].startswith(b"# HELP tidegate_requests_total")
+    hooks.child_exit(server, FakeWorker(pid=4242))  # no slot of that worker: nothing to fold
+    hooks.on_exit(server)
+    assert list(tmp_path.iterdir()) == []
+    assert metrics.METRICS_FILE_ENV not in os.environ
+
+    hooks.on_starting(FakeServer())
+    private = Path(os.environ[metrics.METRICS_FILE_ENV]).parent
+    assert private.name.startswith("tidegate-metrics-")
+    hooks.on_exit(FakeServer())
+    assert not private.exists(), "the folder made for the file goes with it"
+
+
+def test_an_unusable_metrics_dir_stops_gunicorn_naming_the_variable(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    server = FakeServer(cfg=FakeConfig(env={metrics.METRICS_DIR_ENV: str(not_a_folder)}))
+    with pytest.raises(RuntimeError, match=r"^TIDEGATE_METRICS_DIR: cannot create metrics file"):
+        hooks.on_starting(server)
+    assert metrics.METRICS_FILE_ENV not in os.environ
+
+
+def test_a_worker_with_an_unusable_metrics_file_warns_and_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    garbage = tmp_path / "garbage.shm"
+    garbage.write_bytes(b"\0" * 10_000)
+    monkeypatch.setenv(metrics.METRICS_FILE_ENV, str(garbage))
+    worker = FakeWorker()
+    hooks.post_fork(FakeServer(), worker)
+    assert worker.log.lines[0][0] == "warning"
+    assert "metrics of worker 4242 stay its own" in worker.log.text()
+    assert "not a usable metrics file" in worker.log.text()

@@ -4,6 +4,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Literal, TypeVar
 
@@ -43,6 +44,19 @@ __all__ = [
     "_parse_iso",
     "_write_atomic",
     "drain_process",
+    "metrics_attach",
+    "metrics_attached",
+    "metrics_breaker_call",
+    "metrics_breaker_state",
+    "metrics_create",
+    "metrics_families",
+    "metrics_fold",
+    "metrics_health_check",
+    "metrics_queue_time",
+    "metrics_record",
+    "metrics_release",
+    "metrics_scrape",
+    "metrics_set_gauge",
     "prefers_html",
     "process_draining",
     "undrain_process",
@@ -211,6 +225,63 @@ def _write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     the same folder, are flushed to disk and renamed over ``path``; the result has mode
     0o644 whatever the umask. Runs without the GIL. ``OSError`` saying what failed; ``path``
     is left as it was then."""
+
+# Metrics (see tidegate.metrics). Every process records into one slot: its own, or one of a
+# shared file after metrics_attach.
+
+_Family = tuple[str, str, str, str | None, list[tuple[str, dict[str, str], float]]]
+
+def metrics_scrape(
+    accept: str | None = None, path: str | os.PathLike[str] | None = None
+) -> tuple[str, bytes]:
+    """``(content_type, body)``: the Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when
+    ``accept`` weighs it higher. Of this process (the shared file it records into, if any), or
+    of the shared file at ``path``, whose dead workers' slots are folded on the way.
+    ``ValueError`` for a file that is not a metrics file, ``OSError`` when it cannot be read."""
+
+def metrics_families(path: str | os.PathLike[str] | None = None) -> list[_Family]:
+    """The families of a scrape as ``(name, type, help, unit, samples)``, each sample
+    ``(name, labels, value)``; counters are named without ``_total``, as OpenMetrics does."""
+
+def metrics_create(directory: str | os.PathLike[str], slots: int = 64) -> Path:
+    """Creates a shared metrics file of fixed size with ``slots`` worker slots (1 to 4096) in
+    ``directory`` and returns its path. The name holds this pid and a random part."""
+
+def metrics_attach(path: str | os.PathLike[str]) -> int:
+    """Takes a slot of the shared file at ``path``; this process records there from now on and
+    its scrapes sum the whole file. Returns the slot. ``ValueError`` for a bad file, ``OSError``
+    when it cannot be opened or every slot belongs to a live process, ``RuntimeError`` when
+    this process already records into a file."""
+
+def metrics_fold(path: str | os.PathLike[str], pid: int) -> bool:
+    """Folds the slot of the exited process ``pid`` into the file's totals and frees it.
+    False when no slot belongs to ``pid``."""
+
+def metrics_attached() -> tuple[Path, int] | None:
+    """``(path, slot)`` of the shared file this process records into, or ``None``."""
+
+def metrics_record(outcome: str, reason: str) -> None:
+    """Counts one request in ``tidegate_requests_total``; ``("admitted", "none")`` also counts
+    it in flight until :func:`metrics_release`. ``ValueError`` for an unknown pair."""
+
+def metrics_release(seconds: float) -> None:
+    """An admitted request finished ``seconds`` after its admission."""
+
+def metrics_queue_time(seconds: float) -> None:
+    """A request waited ``seconds`` in front of the app."""
+
+def metrics_set_gauge(name: str, value: int) -> None:
+    """Sets ``concurrency_limit``, ``maintenance_active`` or ``draining`` for this process."""
+
+def metrics_breaker_state(name: str, state: str) -> None:
+    """Reports breaker ``name`` as ``closed``, ``open`` or ``half_open``."""
+
+def metrics_breaker_call(name: str, outcome: str) -> None:
+    """Counts a call through breaker ``name``: ``success``, ``failure``, ``ignored`` or
+    ``rejected``."""
+
+def metrics_health_check(name: str, up: bool) -> None:
+    """Reports health check ``name``'s last result."""
 
 #: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips the gate.
 EXEMPT_GATE: int

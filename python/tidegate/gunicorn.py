@@ -7,7 +7,9 @@ Use the module whole as a Gunicorn config::
 or import the hooks into your own ``gunicorn.conf.py`` (call them from your own hooks of the
 same name if you have some)::
 
-    from tidegate.gunicorn import on_starting, post_worker_init, worker_exit
+    from tidegate.gunicorn import (
+        child_exit, on_exit, on_starting, post_fork, post_worker_init, worker_exit,
+    )
 
 On SIGTERM (what Gunicorn's master sends every worker on shutdown, and what an orchestrator
 sends on deploy) a worker first calls :func:`tidegate.drain_process`: readiness
@@ -22,6 +24,14 @@ second, because the master kills workers ``graceful_timeout`` seconds after its 
 in-flight work needs time to finish after the drain. A bad value stops Gunicorn at start-up
 with the variable named, never in the middle of a shutdown.
 
+Metrics: ``on_starting`` creates the server's shared metrics file (in ``TIDEGATE_METRICS_DIR``,
+else in a private folder of its own under ``/dev/shm`` or the temporary folder) and hands its
+path to the workers in ``TIDEGATE_METRICS_FILE``; ``post_fork`` gives each worker a slot of it,
+so a scrape of any worker reports the whole server; ``child_exit`` folds an exited worker's
+counters into the file's totals; ``on_exit`` removes the file. A directory that cannot hold
+the file stops Gunicorn at start-up with the variable named; a worker that cannot use the file
+logs a warning and reports only itself.
+
 The module sets hooks only, no other Gunicorn setting (worker class, threads and timeouts stay
 yours); it never imports Gunicorn, so tidegate works without it. Tested with the ``sync`` and
 ``gthread`` workers. A worker drains on every SIGTERM, which includes the old workers of a
@@ -31,22 +41,30 @@ workers get 200.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import signal as _signal
+import tempfile
 import threading as _threading
 import time as _time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any, Callable, Protocol, Union
 
+from tidegate import metrics as _metrics
 from tidegate._tidegate import drain_process as _drain_process
+from tidegate._tidegate import metrics_attached as _metrics_attached
 
 __all__ = [
     "DEFAULT_DRAIN_SECONDS",
     "DRAIN_SECONDS_ENV",
+    "child_exit",
     "drain_seconds",
+    "on_exit",
     "on_starting",
+    "post_fork",
     "post_worker_init",
     "worker_exit",
 ]
@@ -69,6 +87,8 @@ class _Log(Protocol):
 class _Config(Protocol):
     @property
     def graceful_timeout(self) -> float: ...
+    @property
+    def workers(self) -> int: ...
     @property
     def env(self) -> Mapping[str, str]: ...
 
@@ -198,6 +218,69 @@ def on_starting(server: Server) -> None:
         # Gunicorn prints a RuntimeError as "Error: ..." and exits 1.
         raise RuntimeError(str(exc)) from None
     server.log.info("tidegate: workers drain for %gs on SIGTERM", seconds)
+    _create_metrics(server, environ)
+
+
+#: The master's shared metrics file, and the folder made for it when it made one.
+_metrics_file: str | None = None
+_metrics_folder: str | None = None
+
+
+def _create_metrics(server: Server, environ: Mapping[str, str]) -> None:
+    global _metrics_file, _metrics_folder
+    directory = environ.get(_metrics.METRICS_DIR_ENV, "").strip()
+    made = None
+    if not directory:
+        shm = "/dev/shm"
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+        directory = made = tempfile.mkdtemp(prefix="tidegate-metrics-", dir=base)
+    # Room for twice the configured workers: replacements start while old workers exit.
+    slots = max(_metrics.DEFAULT_SLOTS, 2 * int(getattr(server.cfg, "workers", 1) or 1))
+    try:
+        path = _metrics.create_shared(directory, slots=slots)
+    except (OSError, ValueError) as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise RuntimeError(f"{_metrics.METRICS_DIR_ENV}: {exc}") from None
+    _metrics_file, _metrics_folder = path, made
+    os.environ[_metrics.METRICS_FILE_ENV] = path
+
+
+def post_fork(server: Server, worker: Worker) -> None:
+    """Worker start-up, before the app is loaded: takes a slot of the server's shared metrics
+    file. A file that cannot be used leaves the worker reporting only itself, with a warning."""
+    path = os.environ.get(_metrics.METRICS_FILE_ENV)
+    if not path or _metrics_attached() is not None:
+        return
+    try:
+        _metrics.attach(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        worker.log.warning("tidegate: metrics of worker %s stay its own: %s", worker.pid, exc)
+
+
+def child_exit(server: Server, worker: Worker) -> None:
+    """Master, after a worker exited: folds its counters into the metrics file's totals."""
+    if _metrics_file is None:
+        return
+    try:
+        _metrics.fold(_metrics_file, worker.pid)
+    except (OSError, ValueError) as exc:
+        server.log.warning("tidegate: cannot fold the metrics of worker %s: %s", worker.pid, exc)
+
+
+def on_exit(server: Server) -> None:
+    """Master shutdown: removes the shared metrics file (and the folder made for it)."""
+    global _metrics_file, _metrics_folder
+    path, folder = _metrics_file, _metrics_folder
+    _metrics_file = _metrics_folder = None
+    if path is None:
+        return
+    if os.environ.get(_metrics.METRICS_FILE_ENV) == path:
+        del os.environ[_metrics.METRICS_FILE_ENV]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def post_worker_init(worker: Worker) -> None:
