@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -27,6 +28,7 @@ use crate::accept::str_prefers_html;
 use crate::errors::config_error;
 use crate::gate::{Gate, GatePy, PermitPy};
 use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
+use crate::metrics::{self, Outcome};
 
 mod py;
 
@@ -79,6 +81,8 @@ pub struct Decider {
     /// `(environ, error) -> Rendered`: the dependency 503 for an open breaker's error.
     pub on_dependency: Py<PyAny>,
     pub variants: Vec<Variant>,
+    /// Whether decisions are counted in `tidegate.metrics` (the `metrics` option).
+    pub record: bool,
     seed: AtomicU64,
 }
 
@@ -96,6 +100,7 @@ pub struct DecisionConfig<'py> {
     on_maintenance: Py<PyAny>,
     on_dependency: Py<PyAny>,
     overload: OverloadRenditions,
+    metrics: bool,
 }
 
 impl Decider {
@@ -107,6 +112,7 @@ impl Decider {
             on_maintenance,
             on_dependency,
             overload,
+            metrics: record,
         } = config;
         if overload.is_empty() {
             return Err(config_error("overload: must hold at least one rendition"));
@@ -130,6 +136,11 @@ impl Decider {
                 Err(_) => u64::MAX,
             };
         }
+        if record {
+            if let Some(gate) = &gate {
+                metrics::set_concurrency_limit(gate.gate.limit());
+            }
+        }
         Ok(Self {
             gate: gate.map(|g| g.gate.clone()),
             routes: routes.unbind(),
@@ -138,6 +149,7 @@ impl Decider {
             on_maintenance,
             on_dependency,
             variants,
+            record,
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         })
     }
@@ -157,12 +169,15 @@ impl Decider {
         {
             if let Some(route) = self.routes.bind(py).get_item(&path)? {
                 if route.is_none() {
+                    self.count(Outcome::Exempt);
                     return Ok(Verdict::Admit(None));
                 }
-                let answer = route.call1((path,))?;
+                let answer = route.call1((path, environ))?;
                 return Ok(if answer.is_none() {
+                    self.count(Outcome::Exempt);
                     Verdict::Admit(None)
                 } else {
+                    self.count(Outcome::Probe);
                     Verdict::Answer(answer)
                 });
             }
@@ -171,21 +186,47 @@ impl Decider {
         {
             let answer = self.on_maintenance.bind(py).call1((environ,))?;
             if !answer.is_none() {
+                self.count(Outcome::RefusedMaintenance);
                 return Ok(Verdict::Answer(answer));
             }
         }
         let Some(gate) = self.gate.as_ref().filter(|_| exempt & EXEMPT_GATE == 0) else {
+            self.count(if self.gate.is_some() {
+                Outcome::Exempt
+            } else {
+                Outcome::Admitted
+            });
             return Ok(Verdict::Admit(None));
         };
         if gate.try_acquire() {
+            if self.record {
+                metrics::admit();
+            }
             return Ok(Verdict::Admit(Some(gate)));
         }
+        self.count(Outcome::ShedOverload);
         let variant = &self.variants[self.pick(self.variants.len())];
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
             Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
             None => false,
         };
         Ok(Verdict::Shed { variant, html })
+    }
+
+    /// Counts a decision in the metrics, when they are on.
+    #[inline]
+    pub fn count(&self, outcome: Outcome) {
+        if self.record {
+            metrics::record(outcome);
+        }
+    }
+
+    /// When an admitted request's time starts, for `tidegate_request_duration_seconds`
+    /// (`None` while metrics are off). Whoever releases the permit hands it to
+    /// [`metrics::release`] through [`finished`].
+    #[inline]
+    pub fn since(&self) -> Option<Instant> {
+        self.record.then(Instant::now)
     }
 
     /// Whether `path` can name a route: a str (of a length some route has, when it is a plain
@@ -213,6 +254,15 @@ impl Decider {
         x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
         (x % n as u64) as usize
+    }
+}
+
+/// An admitted request's permit went back: its time since admission (when metrics timed it)
+/// goes into the duration histogram, and it leaves the in-flight gauge.
+#[inline]
+pub fn finished(since: Option<Instant>) {
+    if let Some(since) = since {
+        metrics::release(since.elapsed());
     }
 }
 

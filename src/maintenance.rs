@@ -163,6 +163,7 @@ static PROCESS_DRAIN: AtomicBool = AtomicBool::new(false);
 /// [`undrain_process`]. Requests are still served: only readiness changes.
 pub fn drain_process() {
     PROCESS_DRAIN.store(true, Ordering::Release);
+    crate::metrics::set_draining(true);
 }
 
 /// Ends a [`drain_process`] drain. A drain through a switch or its state file stands.
@@ -599,6 +600,17 @@ impl Maintenance {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
                 Some((old & ENV_ACTIVE) | bits)
             });
+        self.report();
+    }
+
+    /// Puts what the switch says into the `tidegate_maintenance_active` and `tidegate_draining`
+    /// gauges (the last switch of the process to change wins).
+    fn report(&self) {
+        let flags = self.flags.load(Ordering::Acquire);
+        crate::metrics::set_maintenance_active(flags & ANY_ACTIVE != 0);
+        crate::metrics::set_draining(
+            flags & ANY_DRAINING != 0 || self.hooks.process_drain.load(Ordering::Acquire),
+        );
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -682,10 +694,13 @@ impl Maintenance {
             .as_deref()
             .and_then(|name| (self.hooks.env)(name))
             .is_some_and(|value| is_truthy(&value));
-        if env_active {
-            self.flags.fetch_or(ENV_ACTIVE, Ordering::AcqRel);
+        let before = if env_active {
+            self.flags.fetch_or(ENV_ACTIVE, Ordering::AcqRel)
         } else {
-            self.flags.fetch_and(!ENV_ACTIVE, Ordering::AcqRel);
+            self.flags.fetch_and(!ENV_ACTIVE, Ordering::AcqRel)
+        };
+        if (before & ENV_ACTIVE != 0) != env_active {
+            self.report();
         }
         match &self.config.store {
             None => {}

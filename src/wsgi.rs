@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -15,7 +16,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::decide::{header_list, is_head, take_permit, Decider, DecisionConfig, Verdict};
+use crate::decide::{
+    finished, header_list, is_head, take_permit, Decider, DecisionConfig, Verdict,
+};
 use crate::errors::{config_error, wsgi_arity};
 use crate::gate::Gate;
 
@@ -88,22 +91,27 @@ impl MiddlewareCore {
             .decide(py, &environ, environ_dict.as_deref(), 0)?
         {
             Verdict::Admit(None) => this.call_app(py, config, args),
-            Verdict::Admit(Some(gate)) => match this.call_app(py, config, args) {
-                Ok(body) => {
-                    // The middleware, not the gate, is what the body keeps: a Python reference
-                    // costs less per request than an atomic one.
-                    let closing = ClosingBody {
-                        inner: body,
-                        slot: Slot::Middleware(slf.clone().unbind()),
-                        released: AtomicBool::new(false),
-                    };
-                    Ok(Bound::new(py, closing)?.into_any().unbind())
+            Verdict::Admit(Some(gate)) => {
+                let since = config.decider.since();
+                match this.call_app(py, config, args) {
+                    Ok(body) => {
+                        // The middleware, not the gate, is what the body keeps: a Python
+                        // reference costs less per request than an atomic one.
+                        let closing = ClosingBody {
+                            inner: body,
+                            slot: Slot::Middleware(slf.clone().unbind()),
+                            released: AtomicBool::new(false),
+                            since,
+                        };
+                        Ok(Bound::new(py, closing)?.into_any().unbind())
+                    }
+                    Err(err) => {
+                        gate.release();
+                        finished(since);
+                        Err(err)
+                    }
                 }
-                Err(err) => {
-                    gate.release();
-                    Err(err)
-                }
-            },
+            }
             Verdict::Answer(rendered) => {
                 let headers = PyList::empty(py);
                 for header in rendered.getattr(intern!(py, "headers"))?.try_iter()? {
@@ -139,6 +147,9 @@ impl MiddlewareCore {
         match config.app.bind(py).call(args, None) {
             Ok(body) => Ok(body.unbind()),
             Err(err) if err.is_instance(py, config.dependency_error.bind(py)) => {
+                config
+                    .decider
+                    .count(crate::metrics::Outcome::FailedFastDependency);
                 // Rendered like every refusal; Python starts the response (PEP 3333's exc_info
                 // rules are its business); the body, or none for HEAD, is sent here.
                 let (environ, start_response) = (args.get_item(0)?, args.get_item(1)?);
@@ -211,18 +222,20 @@ impl ReleasingApp {
         };
         let slot = take_permit(py, &environ)?.and_then(|permit| permit.get().take_slot());
         match (outcome, slot) {
-            (Ok(body), Some(gate)) => {
+            (Ok(body), Some((gate, since))) => {
                 let closing = ClosingBody {
                     inner: body.unbind(),
                     slot: Slot::Gate(gate),
                     released: AtomicBool::new(false),
+                    since,
                 };
                 Ok(Bound::new(py, closing)?.into_any().unbind())
             }
             (Ok(body), None) => Ok(body.unbind()),
             (Err(err), slot) => {
-                if let Some(gate) = slot {
+                if let Some((gate, since)) = slot {
                     gate.release();
+                    finished(since);
                 }
                 Err(err)
             }
@@ -238,6 +251,8 @@ pub struct ClosingBody {
     inner: Py<PyAny>,
     slot: Slot,
     released: AtomicBool,
+    /// When the request was admitted, for the duration histogram (`None`: not timed).
+    since: Option<Instant>,
 }
 
 /// Whose gate slot a body gives back.
@@ -264,6 +279,7 @@ impl ClosingBody {
                 }
                 Slot::Gate(gate) => gate.release(),
             }
+            finished(self.since);
         }
     }
 }

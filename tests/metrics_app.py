@@ -1,30 +1,37 @@
-"""A WSGI app that records into tidegate's metrics itself, for a real Gunicorn with the hooks
-of ``tidegate.gunicorn``: ``/metrics`` answers a scrape (of the whole server when the worker
-holds a slot of the shared file), every other path is counted as an admitted request that
-takes a millisecond."""
+"""A WSGI app behind ``TideGateMiddleware`` with ``metrics_path="/metrics"``, for a real
+Gunicorn with the hooks of ``tidegate.gunicorn``: each request is counted by the decision
+itself, and a scrape answers for the whole server when the worker holds a slot of the shared
+file. Routes: ``/work`` (admitted; its body is the worker's pid), ``/exempt`` (exempt),
+``/dependency`` (admitted, then the app meets an open breaker: the dependency 503)."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tidegate import _tidegate, metrics
+from tidegate import CircuitBreaker
+from tidegate.wsgi import TideGateMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+_database = CircuitBreaker("metrics-db", failure_threshold=1, reset_timeout=600)
 
-def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    if environ.get("PATH_INFO") == "/metrics":
-        _tidegate.metrics_record("probe", "none")
-        content_type, body = metrics.render(environ.get("HTTP_ACCEPT"))
-    else:
-        started = time.monotonic()
-        _tidegate.metrics_record("admitted", "none")
-        time.sleep(0.001)
-        _tidegate.metrics_release(time.monotonic() - started)
-        content_type, body = "text/plain", str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+
+def _unreachable() -> None:
+    raise AssertionError("an open breaker ran the call")
+
+
+def _app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") == "/dependency":
+        _database.open()
+        _database.call(_unreachable)
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+application = TideGateMiddleware(
+    _app, limit=4, maintenance=False, exempt_paths=["/exempt"], metrics_path="/metrics"
+)

@@ -32,6 +32,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
 
 from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
 from tidegate.flask import TideGate
@@ -269,3 +270,56 @@ def test_a_wsgi_wrapper_cannot_answer_the_dependency_503_for_a_framework() -> No
     for adapter in (via_flask, via_django):
         answer = adapter({"maintenance": False})("GET", "/dependency", {})
         assert answer.status == "503 Service Unavailable"
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def _requests(body: bytes) -> dict[tuple[str, str], float]:
+    counts = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "tidegate_requests_total":
+                counts[(sample.labels["outcome"], sample.labels["reason"])] = sample.value
+            elif sample.name == "tidegate_request_duration_seconds_count":
+                counts[("duration", "count")] = sample.value
+    return counts
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_every_adapter_counts_its_decisions_and_serves_them(adapter: str) -> None:
+    gate = CapacityGate(1)
+    switch = MaintenanceSwitch(env_var=None)
+    send = ADAPTERS[adapter]({"gate": gate, "maintenance": switch, "metrics_path": "/metrics"})
+
+    def scrape() -> dict[tuple[str, str], float]:
+        reply = send("GET", "/metrics", {})
+        assert reply.status == "200 OK"
+        assert ("content-type", "text/plain; version=0.0.4; charset=utf-8") in reply.headers
+        return _requests(reply.body)
+
+    before = scrape()
+    for _ in range(3):
+        assert send("GET", "/", {}).status == "200 OK"
+    # Exempt (the health paths are, by default), then whatever the app says there.
+    assert not send("GET", "/health", {}).status.startswith("503")
+    assert send("GET", "/dependency", {}).status.startswith("503")
+    with gate.try_acquire():
+        assert send("GET", "/", {}).status.startswith("503")
+    switch.enable()
+    assert send("GET", "/", {}).status.startswith("503")
+    switch.disable()
+    after = scrape()
+    changed = {
+        key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)
+    }
+    assert changed == {
+        ("admitted", "none"): 4,
+        ("duration", "count"): 4,
+        ("exempt", "none"): 1,
+        ("failed_fast", "dependency"): 1,
+        ("shed", "overload"): 1,
+        ("refused", "maintenance"): 1,
+        ("probe", "none"): 1,
+    }
+    assert gate.in_flight == 0

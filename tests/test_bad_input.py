@@ -791,6 +791,26 @@ CONFIGURATION: dict[str, list[Row]] = {
     "TideGateMiddleware": [
         Row("TideGateMiddleware(5)", "TypeError: app: must be a WSGI callable, got 5"),
         Row(
+            "TideGateMiddleware(app, metrics_path='metrics')",
+            "ValueError: metrics_path: must be a path starting with '/', got 'metrics'",
+        ),
+        Row(
+            "TideGateMiddleware(app, metrics_path=b'/metrics')",
+            "TypeError: metrics_path: must be a str, got b'/metrics'",
+        ),
+        Row(
+            "TideGateMiddleware(app, metrics_path='/health')",
+            "ValueError: metrics_path: '/health' is already the health_path or live_path",
+        ),
+        Row(
+            "TideGateMiddleware(app, metrics='yes')",
+            "TypeError: metrics: must be True or False, got 'yes'",
+        ),
+        Row(
+            "TideGateMiddleware(app, metrics=False, metrics_path='/metrics')",
+            "ValueError: metrics_path: serving metrics needs metrics=True",
+        ),
+        Row(
             "TideGateMiddleware(app, limt=8)",
             "TypeError: TideGateMiddleware: unknown option 'limt'",
         ),

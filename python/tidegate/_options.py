@@ -58,6 +58,8 @@ class Options(TypedDict, total=False):
     trusted_proxies: int
     bypass_header: str | None
     bypass_token: str | None
+    metrics_path: str | None
+    metrics: bool
 
 
 #: Each option's value when it is not given (checked against :class:`Options` by mypy).
@@ -79,6 +81,8 @@ DEFAULTS: Options = {
     "trusted_proxies": 0,
     "bypass_header": None,
     "bypass_token": None,
+    "metrics_path": None,
+    "metrics": True,
 }
 
 #: The option names, in the order the documentation gives them.

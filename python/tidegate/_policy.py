@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
 from tidegate._tidegate import CapacityGate, MaintenanceSwitch, process_draining
+from tidegate.metrics import render as metrics_render
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
 if TYPE_CHECKING:
@@ -181,6 +182,20 @@ class Policy:
         self.health = _health(options["health"])
         self.health_path = _path("health_path", options["health_path"])
         self.live_path = _path("live_path", options["live_path"])
+        metrics_path = options["metrics_path"]
+        self.metrics_path = None if metrics_path is None else _path("metrics_path", metrics_path)
+        if self.metrics_path is not None and self.metrics_path in (
+            self.health_path,
+            self.live_path,
+        ):
+            raise ValueError(
+                f"metrics_path: {self.metrics_path!r} is already the health_path or live_path"
+            )
+        if not isinstance(options["metrics"], bool):
+            raise TypeError(f"metrics: must be True or False, got {options['metrics']!r}")
+        self.metrics = options["metrics"]
+        if self.metrics_path is not None and not self.metrics:
+            raise ValueError("metrics_path: serving metrics needs metrics=True")
         exempt_paths = options["exempt_paths"]
         self.exempt_paths = (
             (self.health_path, self.live_path)
@@ -214,6 +229,8 @@ class Policy:
         if self.health is not None:
             routes[self.health_path] = self.health_response
             routes[self.live_path] = self.health_response
+        if self.metrics_path is not None:
+            routes[self.metrics_path] = self.metrics_response
         return {
             "gate": self.gate,
             "maintenance": self.maintenance,
@@ -221,6 +238,7 @@ class Policy:
             "on_maintenance": self.maintenance_response,
             "on_dependency": self.dependency_response,
             "overload": self._overload,
+            "metrics": self.metrics,
         }
 
     # -- what the decision asks --------------------------------------------------------
@@ -256,7 +274,31 @@ class Policy:
             seconds = max(1, min(math.ceil(wait), 2**31))
         return self.render(environ, "dependency", retry_after=seconds)
 
-    def health_response(self, path: str) -> Rendered | None:
+    def metrics_response(self, path: str, environ: WSGIEnvironment) -> Rendered:
+        """The scrape at ``metrics_path``: Prometheus text, or OpenMetrics when the scraper's
+        ``Accept`` asks for it; this process's numbers, or the whole server's when the worker
+        records into a shared file. A scrape that fails is a 503 and a logged error."""
+        accept = environ.get("HTTP_ACCEPT")
+        try:
+            content_type, body = metrics_render(accept if isinstance(accept, str) else None)
+        except Exception:
+            logger.exception("%s could not be answered; answering 503", path)
+            body = b"metrics unavailable\n"
+            headers = [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("Retry-After", "1"),
+            ]
+            return Rendered(STATUS, headers, body, retry_after=1)
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        return Rendered("200 OK", headers, body)
+
+    def health_response(self, path: str, environ: WSGIEnvironment | None = None) -> Rendered | None:
         """The readiness or liveness answer for ``path``, or ``None`` for other paths.
 
         Always an answer: should the checks object raise or return a body JSON cannot hold,

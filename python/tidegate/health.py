@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, TypedDict, TypeVar
 
-from tidegate._tidegate import process_draining
+from tidegate._tidegate import metrics_health_check, process_draining
 
 __all__ = [
     "BreakerLike",
@@ -462,6 +462,7 @@ class HealthChecks:
             result, error = self._await(check, call) if isinstance(call, _Call) else call
             results[check.name] = result
             _log_change(check, result, error)
+            metrics_health_check(check.name, result.ok)
         return results
 
     def _start(self, check: _Check) -> _Call | tuple[_Result, BaseException | None]:

@@ -18,6 +18,7 @@ use crate::breaker::{
 };
 pub use crate::errors::CircuitOpenError;
 use crate::errors::{circuit_open, describe, int_beyond_float, type_name, whole_number, ArgError};
+use crate::metrics;
 
 /// Gives `CircuitOpenError` class-level defaults so one raised by hand still answers
 /// `breaker` (None) and `retry_after` (0.0).
@@ -289,6 +290,26 @@ pub struct BreakerPy {
     /// The store the breaker shares its state through, and the threads that do it.
     fleet: Option<Fleet>,
     poll_interval: Duration,
+    /// Its entry in `tidegate_breaker_state` and `tidegate_breaker_calls_total`.
+    metrics: Arc<metrics::Named>,
+}
+
+/// A breaker state as the metrics name it.
+fn metrics_state(state: State) -> metrics::BreakerState {
+    match state {
+        State::Closed => metrics::BreakerState::Closed,
+        State::Open => metrics::BreakerState::Open,
+        State::HalfOpen => metrics::BreakerState::HalfOpen,
+    }
+}
+
+/// A settled call as the metrics count it.
+fn metrics_call(outcome: Outcome) -> metrics::CallOutcome {
+    match outcome {
+        Outcome::Success => metrics::CallOutcome::Success,
+        Outcome::Failure => metrics::CallOutcome::Failure,
+        Outcome::Ignored => metrics::CallOutcome::Ignored,
+    }
 }
 
 impl BreakerPy {
@@ -329,6 +350,7 @@ impl BreakerPy {
     }
 
     fn open_error(slf: &Bound<'_, Self>, rejected: Rejected) -> PyErr {
+        slf.get().metrics.count_call(metrics::CallOutcome::Rejected);
         let half_open = rejected.state == State::HalfOpen;
         circuit_open(
             slf.as_any(),
@@ -348,6 +370,9 @@ impl BreakerPy {
         if let Some(fleet) = &slf.get().fleet {
             fleet.changed();
         }
+        slf.get()
+            .metrics
+            .set_breaker_state(metrics_state(transition.to));
         let py = slf.py();
         slf.call_method1(
             intern!(py, "_announce"),
@@ -367,6 +392,7 @@ impl BreakerPy {
         started: f64,
     ) -> PyResult<()> {
         let end = Self::end_time(slf, started);
+        slf.get().metrics.count_call(metrics_call(outcome));
         let transition = slf.get().core.settle(ticket, outcome, end);
         Self::announce(slf, transition)
     }
@@ -445,6 +471,8 @@ impl BreakerPy {
                 (core, Some(fleet))
             }
         };
+        let entry = metrics::breaker(&name);
+        entry.set_breaker_state(metrics::BreakerState::Closed);
         Ok(Self {
             core,
             name,
@@ -453,6 +481,7 @@ impl BreakerPy {
             clock,
             fleet,
             poll_interval,
+            metrics: entry,
         })
     }
 
@@ -487,7 +516,10 @@ impl BreakerPy {
             Ok(admitted) => admitted,
             Err(rejected) => {
                 return match &this.fallback {
-                    Some(fallback) => fallback.bind(py).call(args, kwargs),
+                    Some(fallback) => {
+                        this.metrics.count_call(metrics::CallOutcome::Rejected);
+                        fallback.bind(py).call(args, kwargs)
+                    }
                     None => Err(Self::open_error(slf, rejected)),
                 }
             }

@@ -73,7 +73,7 @@ impl DecisionCore {
             match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
                 Verdict::Admit(None) => None,
                 Verdict::Admit(Some(gate)) => {
-                    let permit = Bound::new(py, PermitPy::new(gate.clone()))?;
+                    let permit = Bound::new(py, PermitPy::admitted(gate.clone(), decider.since()))?;
                     environ.set_item(intern!(py, PERMIT_KEY), permit)?;
                     None
                 }
@@ -150,6 +150,7 @@ impl DecisionCore {
         error: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let decider = self.configured()?;
+        decider.count(crate::metrics::Outcome::FailedFastDependency);
         Ok(decider
             .on_dependency
             .bind(py)

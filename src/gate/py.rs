@@ -150,20 +150,29 @@ impl GatePy {
 pub struct PermitPy {
     gate: Arc<Gate>,
     released: AtomicBool,
+    /// When a decision that counts metrics admitted it (see `decide::finished`).
+    since: Option<std::time::Instant>,
 }
 
 impl PermitPy {
     pub fn new(gate: Arc<Gate>) -> Self {
+        Self::admitted(gate, None)
+    }
+
+    /// A permit the decision took at `since` (when metrics time it).
+    pub fn admitted(gate: Arc<Gate>, since: Option<std::time::Instant>) -> Self {
         Self {
             gate,
             released: AtomicBool::new(false),
+            since,
         }
     }
 
-    /// Hands the slot over to the caller (who must release it on `gate` once), unless the
-    /// permit was already released; the permit then counts as released.
-    pub fn take_slot(&self) -> Option<Arc<Gate>> {
-        (!self.released.swap(true, Ordering::AcqRel)).then(|| self.gate.clone())
+    /// Hands the slot over to the caller (who must release it on `gate` once, and pass the
+    /// admission time to `decide::finished`), unless the permit was already released; the
+    /// permit then counts as released.
+    pub fn take_slot(&self) -> Option<(Arc<Gate>, Option<std::time::Instant>)> {
+        (!self.released.swap(true, Ordering::AcqRel)).then(|| (self.gate.clone(), self.since))
     }
 
     /// Whether the slot went back (or was handed over) already.
@@ -176,6 +185,7 @@ impl PermitPy {
         let first = !self.released.swap(true, Ordering::AcqRel);
         if first {
             self.gate.release();
+            crate::decide::finished(self.since);
         }
         first
     }
