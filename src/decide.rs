@@ -81,8 +81,9 @@ pub struct Decider {
     /// `(environ, error) -> Rendered`: the dependency 503 for an open breaker's error.
     pub on_dependency: Py<PyAny>,
     pub variants: Vec<Variant>,
-    /// Whether decisions are counted in `tidegate.metrics` (the `metrics` option).
-    pub record: bool,
+    /// Whether decisions are counted in `tidegate.metrics` (the `metrics` option): `Some(false)`
+    /// never, otherwise whenever [`metrics::enabled`] (which `Some(true)` turned on).
+    pub record: Option<bool>,
     seed: AtomicU64,
 }
 
@@ -100,7 +101,7 @@ pub struct DecisionConfig<'py> {
     on_maintenance: Py<PyAny>,
     on_dependency: Py<PyAny>,
     overload: OverloadRenditions,
-    metrics: bool,
+    metrics: Option<bool>,
 }
 
 impl Decider {
@@ -136,7 +137,10 @@ impl Decider {
                 Err(_) => u64::MAX,
             };
         }
-        if record {
+        if record == Some(true) {
+            metrics::enable();
+        }
+        if record != Some(false) {
             if let Some(gate) = &gate {
                 metrics::set_concurrency_limit(gate.gate.limit());
             }
@@ -199,9 +203,6 @@ impl Decider {
             return Ok(Verdict::Admit(None));
         };
         if gate.try_acquire() {
-            if self.record {
-                metrics::admit();
-            }
             return Ok(Verdict::Admit(Some(gate)));
         }
         self.count(Outcome::ShedOverload);
@@ -216,17 +217,27 @@ impl Decider {
     /// Counts a decision in the metrics, when they are on.
     #[inline]
     pub fn count(&self, outcome: Outcome) {
-        if self.record {
+        if self.counting() {
             metrics::record(outcome);
         }
     }
 
-    /// When an admitted request's time starts, for `tidegate_request_duration_seconds`
-    /// (`None` while metrics are off). Whoever releases the permit hands it to
-    /// [`metrics::release`] through [`finished`].
+    /// Whether this decision counts in the metrics now.
+    #[inline]
+    fn counting(&self) -> bool {
+        self.record != Some(false) && metrics::enabled()
+    }
+
+    /// Counts a request admitted with a permit (`Verdict::Admit(Some(_))`; call once per
+    /// permit) and starts its clock for `tidegate_request_duration_seconds`: the instant to
+    /// hand to [`finished`] when the permit goes back, `None` while metrics are off.
     #[inline]
     pub fn since(&self) -> Option<Instant> {
-        self.record.then(Instant::now)
+        if !self.counting() {
+            return None;
+        }
+        metrics::admit();
+        Some(Instant::now())
     }
 
     /// Whether `path` can name a route: a str (of a length some route has, when it is a plain

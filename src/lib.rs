@@ -35,8 +35,9 @@ mod _tidegate {
     };
     #[pymodule_export]
     use crate::metrics::{
-        attach_py, attached_py, breaker_call_py, breaker_state_py, create_py, families_py, fold_py,
-        health_check_py, queue_time_py, record_py, release_py, scrape_py, set_gauge_py,
+        attach_py, attached_py, breaker_call_py, breaker_state_py, create_py, enable_py,
+        families_py, fold_py, health_check_py, queue_time_py, record_py, release_py, scrape_py,
+        set_gauge_py,
     };
     #[pymodule_export]
     use crate::retry_after::RetryAfterPy;

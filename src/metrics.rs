@@ -35,12 +35,29 @@ mod shm;
 
 pub use layout::{Histogram, NamedSums, Sums};
 pub use py::{
-    attach_py, attached_py, breaker_call_py, breaker_state_py, create_py, families_py, fold_py,
-    health_check_py, prepare_module, queue_time_py, record_py, release_py, scrape_py, set_gauge_py,
+    attach_py, attached_py, breaker_call_py, breaker_state_py, create_py, enable_py, families_py,
+    fold_py, health_check_py, prepare_module, queue_time_py, record_py, release_py, scrape_py,
+    set_gauge_py,
 };
 pub use render::Format;
 
 use layout::{region_words, slot_offset, Region, Slot, SLOT_WORDS};
+
+/// Whether decisions are counted at all: off until something wants the numbers (an adapter
+/// with a metrics path or `metrics=True`, a collector, a shared file), so an app that never
+/// looks at metrics pays one relaxed load per decision for them.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// From now on, adapters that follow the default count their decisions.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether adapters that follow the default count their decisions.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The most worker slots a shared file may have.
 pub const MAX_SLOTS: usize = 4096;
@@ -459,6 +476,7 @@ pub fn create_shared(directory: &Path, slots: usize) -> Result<PathBuf, MetricsE
 /// Takes a slot of the shared file at `path` for this process, which from then on records
 /// there and scrapes the whole file. Call once, when a worker starts, before it serves.
 pub fn attach(path: &Path) -> Result<usize, MetricsError> {
+    enable();
     let mut names = NAMES.lock();
     if let Some(attached) = ATTACHED.get() {
         return Err(MetricsError::AlreadyAttached {

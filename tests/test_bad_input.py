@@ -804,11 +804,11 @@ CONFIGURATION: dict[str, list[Row]] = {
         ),
         Row(
             "TideGateMiddleware(app, metrics='yes')",
-            "TypeError: metrics: must be True or False, got 'yes'",
+            "TypeError: metrics: must be True, False or None, got 'yes'",
         ),
         Row(
             "TideGateMiddleware(app, metrics=False, metrics_path='/metrics')",
-            "ValueError: metrics_path: serving metrics needs metrics=True",
+            "ValueError: metrics_path: serving metrics needs metrics=True or None",
         ),
         Row(
             "TideGateMiddleware(app, limt=8)",

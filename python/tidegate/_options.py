@@ -59,7 +59,7 @@ class Options(TypedDict, total=False):
     bypass_header: str | None
     bypass_token: str | None
     metrics_path: str | None
-    metrics: bool
+    metrics: bool | None
 
 
 #: Each option's value when it is not given (checked against :class:`Options` by mypy).
@@ -82,7 +82,7 @@ DEFAULTS: Options = {
     "bypass_header": None,
     "bypass_token": None,
     "metrics_path": None,
-    "metrics": True,
+    "metrics": None,
 }
 
 #: The option names, in the order the documentation gives them.

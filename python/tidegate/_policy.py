@@ -191,11 +191,14 @@ class Policy:
             raise ValueError(
                 f"metrics_path: {self.metrics_path!r} is already the health_path or live_path"
             )
-        if not isinstance(options["metrics"], bool):
-            raise TypeError(f"metrics: must be True or False, got {options['metrics']!r}")
-        self.metrics = options["metrics"]
-        if self.metrics_path is not None and not self.metrics:
-            raise ValueError("metrics_path: serving metrics needs metrics=True")
+        metrics = options["metrics"]
+        if metrics is not None and not isinstance(metrics, bool):
+            raise TypeError(f"metrics: must be True, False or None, got {metrics!r}")
+        if self.metrics_path is not None:
+            if metrics is False:
+                raise ValueError("metrics_path: serving metrics needs metrics=True or None")
+            metrics = True
+        self.metrics: bool | None = metrics
         exempt_paths = options["exempt_paths"]
         self.exempt_paths = (
             (self.health_path, self.live_path)

@@ -49,6 +49,7 @@ __all__ = [
     "metrics_breaker_call",
     "metrics_breaker_state",
     "metrics_create",
+    "metrics_enable",
     "metrics_families",
     "metrics_fold",
     "metrics_health_check",
@@ -230,6 +231,9 @@ def _write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 # shared file after metrics_attach.
 
 _Family = tuple[str, str, str, str | None, list[tuple[str, dict[str, str], float]]]
+
+def metrics_enable() -> None:
+    """Turns counting on for adapters left at ``metrics=None``."""
 
 def metrics_scrape(
     accept: str | None = None, path: str | os.PathLike[str] | None = None

@@ -46,6 +46,7 @@ __all__ = [
     "TideGateCollector",
     "attach",
     "create_shared",
+    "enable",
     "fold",
     "render",
 ]
@@ -62,6 +63,13 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _Path = Union[str, "os.PathLike[str]"]
+
+
+def enable() -> None:
+    """Turns counting on for every adapter left at ``metrics=None`` (the default), from now
+    on. Serving a ``metrics_path``, making a :class:`TideGateCollector` and the Gunicorn hooks'
+    shared file do it; until then an app that never reads metrics does not pay for them."""
+    _tidegate.metrics_enable()
 
 
 def render(accept: str | None = None, *, path: _Path | None = None) -> tuple[str, bytes]:
@@ -116,6 +124,7 @@ class TideGateCollector:
 
     def __init__(self, *, path: _Path | None = None) -> None:
         self._path = path
+        enable()
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import Metric

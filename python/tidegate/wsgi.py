@@ -54,8 +54,10 @@ class TideGateMiddleware(PolicyParts, MiddlewareCore):
       ``dependency`` and the breaker's time to its next probe as ``Retry-After``.
     - ``pages`` (or ``messages``, ``template``, ``status_url``) shape the 503 body.
     - ``metrics_path``: where to serve Prometheus metrics (:mod:`tidegate.metrics`; off by
-      default), exempt from the gate and maintenance. ``metrics=False`` stops counting this
-      adapter's decisions (about 0.1 us per admitted request).
+      default), exempt from the gate and maintenance. Decisions are counted once anything
+      wants the numbers (a ``metrics_path``, ``metrics=True``, a
+      :class:`~tidegate.metrics.TideGateCollector`, the Gunicorn hooks' shared file): about
+      0.1 us per admitted request; ``metrics=False`` never counts this adapter's.
     """
 
     def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:

@@ -112,6 +112,12 @@ pub fn attached_py() -> Option<(PathBuf, usize)> {
     super::attached().map(|(path, index)| (path.to_owned(), index))
 }
 
+/// From now on, adapters that follow the default (`metrics=None`) count their decisions.
+#[pyfunction(name = "metrics_enable")]
+pub fn enable_py() {
+    super::enable();
+}
+
 /// Counts one request decided with `outcome` and `reason` (`tidegate_requests_total`).
 #[pyfunction(name = "metrics_record")]
 pub fn record_py(outcome: &str, reason: &str) -> PyResult<()> {
