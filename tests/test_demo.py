@@ -148,6 +148,14 @@ def test_the_demo_as_json_holds_the_invariants() -> None:
     assert any("closed -> open" in line for line in report["log"])
     # Nothing left behind.
     assert report["threads_left"] == 0
+    # The shop's own /metrics, read at the end, agree with what the clients saw.
+    metrics = dict(line.rsplit(" ", 1) for line in report["metrics"])
+    admitted = int(metrics['tidegate_requests_total{outcome="admitted",reason="none"}'])
+    assert int(metrics["tidegate_request_duration_seconds_count"]) == admitted
+    sheds = sum(
+        row["unavailable"].get("overload", 0) for scene in report["scenes"] for row in scene["rows"]
+    )
+    assert int(metrics['tidegate_requests_total{outcome="shed",reason="overload"}']) == sheds
     assert report["state_file_removed"] is True
     assert not Path(report["state_file"]).parent.exists()
 

@@ -22,12 +22,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tidegate.demo.app import HOST, LIMIT, start, stop
+from tidegate.demo.app import HOST, LIMIT, METRICS_PATH, start, stop
 from tidegate.demo.report import Scene, percentile, table
 from tidegate.demo.scenes import SCENES
 
@@ -59,6 +60,25 @@ def _logged() -> Iterator[list[str]]:
         logger.level, logger.propagate = saved
 
 
+def _scrape(port: int) -> list[str]:
+    """The shop's own metrics, as a scraper reads them: the request counters that moved,
+    the number of timed requests and the breaker's calls."""
+    url = f"http://{HOST}:{port}{METRICS_PATH}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode("utf-8")
+    wanted = (
+        "tidegate_requests_total{",
+        "tidegate_request_duration_seconds_count",
+        "tidegate_breaker_calls_total{",
+    )
+    lines = []
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if line.startswith(wanted) and value not in ("0", "0.0"):
+            lines.append(f"{name} {value}")
+    return lines
+
+
 def play() -> dict[str, Any]:
     """Run every scene against a fresh server; what clients saw, as a JSON-ready dict."""
     started = time.perf_counter()
@@ -70,6 +90,7 @@ def play() -> dict[str, Any]:
             stage, running = start(folder)
             try:
                 scenes = [scene(stage) for scene in SCENES]
+                metrics = _scrape(stage.port)
             finally:
                 stop(running)
     finally:
@@ -87,6 +108,7 @@ def play() -> dict[str, Any]:
             for scene in scenes
         ],
         "log": log,
+        "metrics": metrics,
         "state_file": str(folder / "maintenance.json"),
         "state_file_removed": not folder.exists(),
         "threads_left": threading.active_count() - threads_before,
@@ -111,6 +133,9 @@ def run(*, json_output: bool = False) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(table(report))
+        if report["metrics"]:
+            print(f"\n{METRICS_PATH} said (counters that moved):")
+            print("\n".join(f"  {line}" for line in report["metrics"]))
         if report["log"]:
             print("\nthe tidegate logger said:")
             print("\n".join(f"  {line}" for line in report["log"]))

@@ -26,6 +26,8 @@ LIMIT = 8
 #: How long the fake dependency takes to fail when it is down (a timeout, say).
 FAILURE_SECONDS = 0.1
 RESET_TIMEOUT = 0.8
+#: Where the shop serves its metrics; the demo ends by reading a few.
+METRICS_PATH = "/metrics"
 OVERLOAD_WORK_MS = 200
 
 
@@ -173,6 +175,7 @@ def start(folder: Path) -> tuple[Stage, Running]:
         retry_jitter=2,
         maintenance=switch,
         health=health,
+        metrics_path=METRICS_PATH,
     )
     running = _serve(app)
     stage = Stage(
