@@ -8,7 +8,9 @@ Policy` validates them, and each framework's configuration keys are derived from
   every key);
 - Django: ``settings.TIDEGATE = {"<name>": ...}``.
 
-What each option means is documented on :class:`tidegate.wsgi.TideGateMiddleware`.
+What each option means is documented on :class:`tidegate.wsgi.TideGateMiddleware`;
+``gate_websockets`` only on :class:`tidegate.asgi.TideGateMiddleware` (the other adapters
+serve no websockets and only check its type).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Options(TypedDict, total=False):
     trusted_proxies: int
     bypass_header: str | None
     bypass_token: str | None
+    gate_websockets: bool
 
 
 #: Each option's value when it is not given (checked against :class:`Options` by mypy).
@@ -79,6 +82,7 @@ DEFAULTS: Options = {
     "trusted_proxies": 0,
     "bypass_header": None,
     "bypass_token": None,
+    "gate_websockets": False,
 }
 
 #: The option names, in the order the documentation gives them.
