@@ -7,8 +7,8 @@
 //! refusing) in WSGI's terms, reading `scope["headers"]` only when asked. This module adds
 //! only what is ASGI's own: the messages of an answer of ours, and the permit's way back.
 //!
-//! The permit goes back when the app hands its last `http.response.body` (no `more_body`) to
-//! `send`, or when the app's coroutine ends, whichever comes first: by returning, by raising
+//! The permit goes back when the server has taken the app's last `http.response.body` (no
+//! `more_body`: its `send` returned), or when the app's coroutine ends, whichever comes first: by returning, by raising
 //! (after a client hung up, Starlette and FastAPI stop a streamed body and return), or by
 //! being cancelled. Work an app does after its last body (Starlette's background tasks) holds
 //! no permit. No Python code of ours runs on the admitted path: the app's coroutine is driven
@@ -461,10 +461,11 @@ impl Exchange {
     /// body, then hands `message` on (or holds it back, for a 500).
     #[pyo3(signature = (message, /))]
     fn __call__<'py>(
-        &self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         message: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
         let mut hold = false;
         if let Ok(fields) = message.cast::<PyDict>() {
             if let Some(kind) = fields.get_item(intern!(py, "type"))? {
@@ -473,31 +474,36 @@ impl Exchange {
                         Some(more) => more.is_truthy()?,
                         None => false,
                     };
-                    if !more {
-                        self.release();
+                    hold = this.holding.load(Ordering::Acquire);
+                    if !more && !hold {
+                        // The permit goes back once the server has taken the last body.
+                        let sending = this.send.bind(py).call1((message,))?;
+                        return LastBody::after(&sending, slf);
                     }
-                    hold = self.holding.load(Ordering::Acquire);
+                    if !more {
+                        this.release();
+                    }
                 } else if kind.eq(intern!(py, "http.response.start"))? {
                     let status = fields.get_item(intern!(py, "status"))?;
                     if status.is_some_and(|status| status.extract::<i64>().ok() == Some(500)) {
-                        self.holding.store(true, Ordering::Release);
+                        this.holding.store(true, Ordering::Release);
                         hold = true;
                     } else {
-                        self.started.store(true, Ordering::Release);
+                        this.started.store(true, Ordering::Release);
                     }
                 }
             }
         }
         if hold {
-            self.held.lock().push(message.clone().unbind());
-            let config = self.core.get().configured()?;
+            this.held.lock().push(message.clone().unbind());
+            let config = this.core.get().configured()?;
             let nothing = PyList::empty(py);
             return config
                 .answer
                 .bind(py)
-                .call1((self.send.bind(py), nothing, py.None()));
+                .call1((this.send.bind(py), nothing, py.None()));
         }
-        self.send.bind(py).call1((message,))
+        this.send.bind(py).call1((message,))
     }
 
     fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -537,12 +543,7 @@ impl Exchange {
         let py = slf.py();
         let Some(steps) = slf.get().current(py) else {
             // Nothing left to throw into: raised here, as a finished coroutine does.
-            let error = args.get_item(0)?;
-            return Err(if args.len() > 1 && !args.get_item(1)?.is_none() {
-                PyErr::from_value(args.get_item(1)?)
-            } else {
-                PyErr::from_value(error)
-            });
+            return Err(thrown(args)?);
         };
         let outcome = steps.call_method1(intern!(py, "throw"), args);
         Self::after_step(slf, Some(outcome))?.ok_or_else(|| PyStopIteration::new_err(()))
@@ -625,6 +626,138 @@ impl Exchange {
             },
         })
     }
+}
+
+/// The server's `send` of the last body, awaited through this: once it is done (or failed),
+/// the request's permit goes back.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct LastBody {
+    exchange: Py<Exchange>,
+    steps: Mutex<Option<Py<PyIterator>>>,
+}
+
+impl LastBody {
+    fn after<'py>(
+        sending: &Bound<'py, PyAny>,
+        exchange: &Bound<'py, Exchange>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = sending.py();
+        let steps = match sending
+            .call_method0(intern!(py, "__await__"))
+            .and_then(|steps| Ok(steps.cast_into::<PyIterator>()?))
+        {
+            Ok(steps) => steps,
+            Err(err) => {
+                exchange.get().release();
+                return Err(err);
+            }
+        };
+        let last = LastBody {
+            exchange: exchange.clone().unbind(),
+            steps: Mutex::new(Some(steps.unbind())),
+        };
+        Ok(Bound::new(py, last)?.into_any())
+    }
+
+    fn after_step<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: Option<PyResult<Bound<'py, PyAny>>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let error = match outcome {
+            Some(Ok(value)) => return Ok(Some(value)),
+            None => None,
+            Some(Err(err)) if err.is_instance_of::<PyStopIteration>(py) => None,
+            Some(Err(err)) => Some(err),
+        };
+        self.steps.lock().take();
+        self.exchange.get().release();
+        error.map_or(Ok(None), Err)
+    }
+
+    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyIterator>> {
+        self.steps
+            .lock()
+            .as_ref()
+            .map(|steps| steps.bind(py).clone())
+    }
+}
+
+#[pymethods]
+impl LastBody {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(mut steps) = self.current(py) else {
+            return Ok(None);
+        };
+        let outcome = steps.next();
+        self.after_step(py, outcome)
+    }
+
+    #[pyo3(signature = (value, /))]
+    fn send<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let Some(mut steps) = self.current(py) else {
+            return Err(PyStopIteration::new_err(()));
+        };
+        let outcome = if value.is_none() {
+            steps.next()
+        } else {
+            Some(steps.call_method1(intern!(py, "send"), (value,)))
+        };
+        self.after_step(py, outcome)?
+            .ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(steps) = self.current(py) else {
+            return Err(thrown(args)?);
+        };
+        let outcome = steps.call_method1(intern!(py, "throw"), args);
+        self.after_step(py, Some(outcome))?
+            .ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let steps = self.steps.lock().take();
+        self.exchange.get().release();
+        match steps {
+            Some(steps) => steps.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.exchange)?;
+        if let Some(steps) = self.steps.try_lock() {
+            if let Some(steps) = steps.as_ref() {
+                visit.call(steps)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.steps.lock().take();
+    }
+}
+
+/// The exception `throw(type, value=None, traceback=None)` asks to raise, for an awaitable
+/// that has nothing left to throw it into.
+fn thrown(args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
+    let error = args.get_item(0)?;
+    Ok(if args.len() > 1 && !args.get_item(1)?.is_none() {
+        PyErr::from_value(args.get_item(1)?)
+    } else {
+        PyErr::from_value(error)
+    })
 }
 
 impl Drop for Exchange {

@@ -21,7 +21,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::accept::prefers_html_py;
     #[pymodule_export]
-    use crate::asgi::{AsgiCore, Exchange};
+    use crate::asgi::{AsgiCore, Exchange, LastBody};
     #[pymodule_export]
     use crate::breaker::{BreakerPy, CircuitOpenError};
     #[pymodule_export]

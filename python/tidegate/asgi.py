@@ -49,8 +49,8 @@ class TideGateMiddleware(PolicyParts, AsgiCore):
     :class:`tidegate.wsgi.TideGateMiddleware` (``limit``, ``gate``, ``maintenance``,
     ``exempt_paths``, ``health``, ...), which mean the same here, plus ``gate_websockets``.
 
-    An admitted ``http`` request holds its permit until the app sends its last
-    ``http.response.body`` (``more_body`` false) or its coroutine ends (it returned, raised,
+    An admitted ``http`` request holds its permit until the server has taken the app's last
+    ``http.response.body`` (``more_body`` false) or the app's coroutine ends (it returned, raised,
     or was cancelled: a client that hangs up mid-stream makes Starlette and FastAPI end a
     streamed body at once), whichever comes first. Work after the last body (Starlette's
     background tasks) holds no permit. Refusals are sent before the request body is read.
