@@ -88,3 +88,10 @@ def test_fleet_prints_its_three_parts_and_the_targets() -> None:
     assert output.count("(target <=") == 4
     last = output.rstrip().splitlines()[-1]
     assert last == "targets met" or last.startswith("TARGETS MISSED: ")
+
+
+def test_asgi_cost_prints_every_candidate_and_the_target() -> None:
+    output = run_quick("asgi_cost.py")
+    for name in ("bare app", "careful pure-Python gate", "tidegate", "tidegate, refusing"):
+        assert name in output
+    assert "x what the careful gate adds (target <= 0.3)" in output
