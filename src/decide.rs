@@ -298,7 +298,9 @@ fn rendition(py: Python<'_>, rendered: Py<PyAny>) -> PyResult<Rendition> {
     })
 }
 
-/// `environ[key]` or `None`, without building a `KeyError` when it is missing.
+/// `environ[key]` or `None`, without building a `KeyError` when it is missing. `environ` is a
+/// WSGI environ (`dict` given as well when it is one), any object with a `get` method, or the
+/// view of an ASGI request ([`crate::asgi::Exchange`]).
 pub fn lookup<'py>(
     environ: &Bound<'py, PyAny>,
     dict: Option<&Bound<'py, PyDict>>,
@@ -307,6 +309,10 @@ pub fn lookup<'py>(
     match dict {
         Some(dict) => dict.get_item(key),
         None => {
+            // An ASGI request's view answers from its scope, without a call through Python.
+            if let Ok(view) = environ.cast::<crate::asgi::Exchange>() {
+                return view.get().fact(environ.py(), key);
+            }
             let value = environ.call_method1(intern!(environ.py(), "get"), (key,))?;
             Ok((!value.is_none()).then_some(value))
         }

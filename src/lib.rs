@@ -1,6 +1,7 @@
 //! The native core of tidegate. This file only registers what the other modules define.
 
 pub mod accept;
+pub mod asgi;
 pub mod breaker;
 pub mod clock;
 pub mod decide;
@@ -20,6 +21,8 @@ mod _tidegate {
 
     #[pymodule_export]
     use crate::accept::prefers_html_py;
+    #[pymodule_export]
+    use crate::asgi::{AsgiCore, Exchange, LastBody};
     #[pymodule_export]
     use crate::breaker::{BreakerPy, CircuitOpenError};
     #[pymodule_export]

@@ -9,7 +9,11 @@ through each adapter configured with the same options:
 - ``django``: ``tidegate.django.TideGateMiddleware``, through Django's test client, with
   Django's usual security middleware after it;
 - ``django-wsgi``: the same Django project through Django's own WSGI handler, called as a
-  server calls it (Django's test client drops HEAD bodies itself; the handler does not).
+  server calls it (Django's test client drops HEAD bodies itself; the handler does not);
+- ``asgi``: ``tidegate.asgi.TideGateMiddleware`` around a bare ASGI app, through the
+  hand-written server loop of ``asgi_driver``;
+- ``asgi-starlette``: the same around a Starlette app, whose own error handling answers the
+  open breaker with a 500 before raising it again.
 
 Each must give the same status line, the same headers and the same body. Ignored are only
 headers the framework adds to responses passing through it, never ones tidegate sets:
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
+import asgi_driver
 import django_site  # noqa: F401  (configures Django)
 import pytest
 from conftest import drive
@@ -33,8 +39,13 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
+from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
 from tidegate.flask import TideGate
 from tidegate.wsgi import TideGateMiddleware
 
@@ -175,11 +186,47 @@ def via_django_wsgi(options: dict[str, Any]) -> Callable[[str, str, dict[str, st
     return send
 
 
+async def plain_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"] == "/dependency":
+        _through_open_breaker()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"5")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def serve_asgi(app: Any, method: str, path: str, headers: dict[str, str]) -> Answer:
+    reply = asgi_driver.run(asgi_driver.serve(app, method, path, headers))
+    status = f"{reply.status} {HTTPStatus(reply.status).phrase}"
+    return answer(status, reply.headers, reply.body)
+
+
+def via_asgi(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    app = AsgiMiddleware(plain_asgi_app, **options)
+    return lambda method, path, headers: serve_asgi(app, method, path, headers)
+
+
+def via_asgi_starlette(options: dict[str, Any]) -> Callable[[str, str, dict[str, str]], Answer]:
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    async def dependency(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(_through_open_breaker())
+
+    routes = [
+        Route("/", index, methods=["GET", "HEAD"]),
+        Route("/dependency", dependency, methods=["GET", "HEAD"]),
+    ]
+    app = AsgiMiddleware(Starlette(routes=routes), **options)
+    return lambda method, path, headers: serve_asgi(app, method, path, headers)
+
+
 ADAPTERS = {
     "wsgi": via_wsgi,
     "flask": via_flask,
     "django": via_django,
     "django-wsgi": via_django_wsgi,
+    "asgi": via_asgi,
+    "asgi-starlette": via_asgi_starlette,
 }
 
 # -- the table -----------------------------------------------------------------------------

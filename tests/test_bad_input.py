@@ -27,6 +27,7 @@ from conftest import UnprintableError, Unrepresentable, nested
 
 import tidegate
 from tidegate import MaintenanceSwitch, RetryAfter
+from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
 from tidegate.responses import ErrorPages
 from tidegate.wsgi import TideGateMiddleware
 
@@ -786,6 +787,21 @@ CONFIGURATION: dict[str, list[Row]] = {
                 "ValueError: reason: must be one of ('overload', 'maintenance', 'dependency', "
                 "'draining'), got 'typo'"
             ),
+        ),
+    ],
+    "asgi.TideGateMiddleware": [
+        Row("AsgiMiddleware(5)", "TypeError: app: must be an ASGI app (a callable), got 5"),
+        Row(
+            "AsgiMiddleware(asgi_app, gate_websockets='yes')",
+            "TypeError: gate_websockets: must be a bool, got 'yes'",
+        ),
+        Row(
+            "AsgiMiddleware(asgi_app, gate_websockets=1)",
+            "TypeError: gate_websockets: must be a bool, got 1",
+        ),
+        Row(
+            "AsgiMiddleware(asgi_app, limt=8)",
+            "TypeError: TideGateMiddleware: unknown option 'limt'",
         ),
     ],
     "TideGateMiddleware": [
@@ -1783,6 +1799,10 @@ def cli(*argv: str) -> str:
     return f"exit {code}" + (f": {said}" if said else "")
 
 
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app for the catalogue's middleware rows."""
+
+
 def namespace() -> dict[str, Any]:
     from flask import Flask
 
@@ -1793,7 +1813,9 @@ def namespace() -> dict[str, Any]:
         "ErrorPages": ErrorPages,
         "TideGate": TideGate,
         "TideGateMiddleware": TideGateMiddleware,
+        "AsgiMiddleware": AsgiMiddleware,
         "app": wsgi_app,
+        "asgi_app": asgi_app,
         "flask_app": Flask("catalogue"),
         "TOKEN": TOKEN,
         "datetime": datetime,

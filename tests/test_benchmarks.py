@@ -95,3 +95,10 @@ def test_metrics_scrape_prints_both_scrapes_and_the_target() -> None:
     assert len(table_row(output, "by a worker (metrics.render())")) == 2
     assert len(table_row(output, "by another process (path=...)")) == 2
     assert "target: a worker's scrape under 1000 us at 8 processes:" in output
+
+
+def test_asgi_cost_prints_every_candidate_and_the_target() -> None:
+    output = run_quick("asgi_cost.py")
+    for name in ("bare app", "careful pure-Python gate", "tidegate", "tidegate, refusing"):
+        assert name in output
+    assert "x what the careful gate adds (target <= 0.3)" in output

@@ -8,7 +8,9 @@ Policy` validates them, and each framework's configuration keys are derived from
   every key);
 - Django: ``settings.TIDEGATE = {"<name>": ...}``.
 
-What each option means is documented on :class:`tidegate.wsgi.TideGateMiddleware`.
+What each option means is documented on :class:`tidegate.wsgi.TideGateMiddleware`;
+``gate_websockets`` only on :class:`tidegate.asgi.TideGateMiddleware` (the other adapters
+serve no websockets and only check its type).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Options(TypedDict, total=False):
     bypass_token: str | None
     metrics_path: str | None
     metrics: bool | None
+    gate_websockets: bool
 
 
 #: Each option's value when it is not given (checked against :class:`Options` by mypy).
@@ -83,6 +86,7 @@ DEFAULTS: Options = {
     "bypass_token": None,
     "metrics_path": None,
     "metrics": None,
+    "gate_websockets": False,
 }
 
 #: The option names, in the order the documentation gives them.

@@ -47,6 +47,12 @@ def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -
     return value
 
 
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: must be a bool, got {value!r}")
+    return value
+
+
 def _path(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name}: must be a str, got {value!r}")
@@ -206,6 +212,7 @@ class Policy:
             else _paths("exempt_paths", exempt_paths)
         )
         self.bypass_networks = _networks(options["bypass_networks"])
+        self.gate_websockets = _flag("gate_websockets", options["gate_websockets"])
         self.trusted_proxies = _whole("trusted_proxies", options["trusted_proxies"], 0, 64)
         if (bypass_header is None) != (bypass_token is None):
             raise ValueError("bypass_header: give both bypass_header and bypass_token, or neither")

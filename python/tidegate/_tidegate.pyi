@@ -2,7 +2,7 @@
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,11 +26,14 @@ __version__: str
 __all__ = [
     "EXEMPT_GATE",
     "EXEMPT_MAINTENANCE",
+    "AsgiCore",
     "CapacityGate",
     "CircuitBreaker",
     "CircuitOpenError",
     "ClosingBody",
     "DecisionCore",
+    "Exchange",
+    "LastBody",
     "MaintenanceStatus",
     "MaintenanceSwitch",
     "MiddlewareCore",
@@ -344,6 +347,55 @@ class MiddlewareCore:
         dependency_error: object,
     ) -> None: ...
     def __call__(self, *args: Any) -> Iterable[bytes]: ...
+
+@disjoint_base
+class AsgiCore:
+    """The per-request half of :class:`tidegate.asgi.TideGateMiddleware`. Not for direct use."""
+
+    def __new__(cls, *_args: object, **_kwargs: object) -> AsgiCore: ...
+    def _configure(
+        self,
+        *,
+        app: object,
+        decision: dict[str, Any],
+        other: Any,
+        answer: Any,
+        dependency_error: object,
+    ) -> None: ...
+    def __call__(self, scope: Any, receive: Any, send: Any, /) -> Awaitable[None]: ...
+    def decide(self, scope: Any) -> Any:
+        """For a scope the adapter serves itself: ``None`` (go on), a ``Permit`` (go on, then
+        release it) or the ``Rendered`` to refuse with."""
+
+@final
+class Exchange:
+    """One ASGI ``http`` request in the middleware: the view of its scope the decision reads
+    (``get``, by WSGI environ key), the ``send`` the app is given, and the awaitable the server
+    awaits. Made by :class:`AsgiCore` only."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``PATH_INFO``, ``REQUEST_METHOD``, ``REMOTE_ADDR``, ``QUERY_STRING`` or
+        ``HTTP_<NAME>`` of the request; ``default`` for anything else."""
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The ASGI scope."""
+    def __call__(self, message: Any, /) -> Any: ...
+    def __await__(self) -> Generator[Any, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
+
+@final
+class LastBody:
+    """The server's ``send`` of an app's last body: awaited through this, the request's permit
+    goes back once it is done. Made by :class:`Exchange` only."""
+
+    def __await__(self) -> Generator[Any, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
 
 @final
 class PreprocessRequest:

@@ -1,0 +1,780 @@
+//! The per-request path of the ASGI middleware.
+//!
+//! `tidegate.asgi.TideGateMiddleware` (Python) subclasses `AsgiCore` and configures it once.
+//! An `http` request is decided by the one decision ([`crate::decide`]) through a view of its
+//! scope: [`Exchange::get`] answers the decision's questions (the path always; the client
+//! address and bypass header only while maintenance is on; `Accept` and the method only when
+//! refusing) in WSGI's terms, reading `scope["headers"]` only when asked. This module adds
+//! only what is ASGI's own: the messages of an answer of ours, and the permit's way back.
+//!
+//! The permit goes back when the server has taken the app's last `http.response.body` (no
+//! `more_body`: its `send` returned), or when the app's coroutine ends, whichever comes first: by returning, by raising
+//! (after a client hung up, Starlette and FastAPI stop a streamed body and return), or by
+//! being cancelled. Work an app does after its last body (Starlette's background tasks) holds
+//! no permit. No Python code of ours runs on the admitted path: the app's coroutine is driven
+//! through [`Exchange`], an awaitable that forwards every step to it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyStopIteration, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::decide::{is_head, Decider, DecisionConfig, Verdict};
+use crate::errors::config_error;
+use crate::gate::PermitPy;
+
+/// An answer of ours in ASGI's terms: what `http.response.start` and `http.response.body` say.
+struct Reply {
+    status: Py<PyAny>,
+    /// `(name, value)` as lowercase latin-1 bytes, as ASGI wants them.
+    headers: Vec<Py<PyTuple>>,
+    body: Py<PyBytes>,
+}
+
+impl Reply {
+    /// The ASGI form of a `Rendered` (`tidegate.responses`).
+    fn of(py: Python<'_>, rendered: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let status: String = rendered.getattr(intern!(py, "status"))?.extract()?;
+        let code = status
+            .get(..3)
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| PyValueError::new_err(format!("not a status line: {status:?}")))?;
+        let headers: Vec<(String, String)> = rendered.getattr(intern!(py, "headers"))?.extract()?;
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| {
+                let name = latin1(&name.to_ascii_lowercase())?;
+                let value = latin1(&value)?;
+                Ok(PyTuple::new(py, [PyBytes::new(py, &name), PyBytes::new(py, &value)])?.unbind())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let body = rendered
+            .getattr(intern!(py, "body"))?
+            .cast_into::<PyBytes>()?
+            .unbind();
+        Ok(Self {
+            status: code.into_pyobject(py)?.into_any().unbind(),
+            headers,
+            body,
+        })
+    }
+
+    /// Fresh `http.response.start` and `http.response.body` messages (no body for `HEAD`),
+    /// in a list: whatever handles them after us may change them.
+    fn messages<'py>(&self, py: Python<'py>, head: bool) -> PyResult<Bound<'py, PyList>> {
+        let start = PyDict::new(py);
+        start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
+        start.set_item(intern!(py, "status"), self.status.bind(py))?;
+        let headers = PyList::new(py, self.headers.iter().map(|h| h.bind(py)))?;
+        start.set_item(intern!(py, "headers"), headers)?;
+        let body = PyDict::new(py);
+        body.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+        if head {
+            body.set_item(intern!(py, "body"), PyBytes::new(py, b""))?;
+        } else {
+            body.set_item(intern!(py, "body"), self.body.bind(py))?;
+        }
+        PyList::new(py, [start, body])
+    }
+}
+
+fn latin1(text: &str) -> PyResult<Vec<u8>> {
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| PyValueError::new_err(format!("header text is not latin-1: {text:?}")))
+}
+
+struct Config {
+    app: Py<PyAny>,
+    decider: Decider,
+    /// `(scope, receive, send) -> awaitable` for every scope that is not `http`.
+    other: Py<PyAny>,
+    /// `async (send, messages, error)`: sends `messages` in turn, then raises `error` unless
+    /// it is `None` (answers of ours, and a held-back 500).
+    answer: Py<PyAny>,
+    dependency_error: Py<PyAny>,
+    /// The overload 503 of each of the decision's variants, as `(json, html)`.
+    overload: Vec<(Reply, Reply)>,
+}
+
+/// The Rust half of `tidegate.asgi.TideGateMiddleware`. Not for direct use.
+#[pyclass(module = "tidegate._tidegate", frozen, subclass)]
+pub struct AsgiCore {
+    config: OnceLock<Config>,
+}
+
+#[pymethods]
+impl AsgiCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            config: OnceLock::new(),
+        }
+    }
+
+    /// Sets everything the request path needs; callable once.
+    #[pyo3(signature = (*, app, decision, other, answer, dependency_error))]
+    fn _configure(
+        &self,
+        py: Python<'_>,
+        app: Py<PyAny>,
+        decision: DecisionConfig<'_>,
+        other: Py<PyAny>,
+        answer: Py<PyAny>,
+        dependency_error: Py<PyAny>,
+    ) -> PyResult<()> {
+        let decider = Decider::new(py, decision)?;
+        let overload = decider
+            .variants
+            .iter()
+            .map(|variant| {
+                Ok((
+                    Reply::of(py, variant.json.rendered.bind(py))?,
+                    Reply::of(py, variant.html.rendered.bind(py))?,
+                ))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let config = Config {
+            app,
+            decider,
+            other,
+            answer,
+            dependency_error,
+            overload,
+        };
+        self.config
+            .set(config)
+            .map_err(|_| config_error("the middleware is already configured"))
+    }
+
+    /// The ASGI call: an `http` request is decided here; any other scope goes to `other`.
+    #[pyo3(signature = (scope, receive, send, /))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+        scope: &Bound<'py, PyAny>,
+        receive: &Bound<'py, PyAny>,
+        send: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let config = slf.get().configured()?;
+        let http = match scope.cast::<PyDict>() {
+            Ok(dict) => match dict.get_item(intern!(py, "type"))? {
+                Some(kind) if kind.eq(intern!(py, "http"))? => Some(dict),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(fields) = http else {
+            return config.other.bind(py).call1((scope, receive, send));
+        };
+        let exchange = Bound::new(py, Exchange::new(slf, fields, send))?;
+        match config.decider.decide(py, exchange.as_any(), None, 0)? {
+            Verdict::Admit(gate) => {
+                let this = exchange.get();
+                if gate.is_some() {
+                    *this.since.lock() = config.decider.since();
+                }
+                this.holds.store(gate.is_some(), Ordering::Release);
+                let started = config
+                    .app
+                    .bind(py)
+                    .call1((scope, receive, &exchange))
+                    .and_then(|awaitable| {
+                        Ok(awaitable
+                            .call_method0(intern!(py, "__await__"))?
+                            .cast_into::<PyIterator>()?)
+                    });
+                match started {
+                    Ok(steps) => {
+                        *this.steps.lock() = Some(steps.unbind());
+                        Ok(exchange.into_any())
+                    }
+                    Err(err) => {
+                        this.release();
+                        Err(err)
+                    }
+                }
+            }
+            Verdict::Answer(rendered) => {
+                let head = is_head(py, exchange.as_any(), None)?;
+                let messages = Reply::of(py, &rendered)?.messages(py, head)?;
+                config.answer.bind(py).call1((send, messages, py.None()))
+            }
+            Verdict::Shed { variant, html } => {
+                // Which of the decision's variants it is: its place in their vector.
+                let first = config.decider.variants.as_ptr() as usize;
+                let index =
+                    (variant as *const _ as usize - first) / std::mem::size_of_val(variant).max(1);
+                let (json, as_html) = &config.overload[index.min(config.overload.len() - 1)];
+                let reply = if html { as_html } else { json };
+                let head = is_head(py, exchange.as_any(), None)?;
+                let messages = reply.messages(py, head)?;
+                config.answer.bind(py).call1((send, messages, py.None()))
+            }
+        }
+    }
+
+    /// The decision for a scope the adapter serves itself (a gated websocket): `None` to go
+    /// on without a permit, a `Permit` to go on with (release it when done), or the
+    /// `Rendered` to refuse with.
+    fn decide(slf: &Bound<'_, Self>, scope: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let config = slf.get().configured()?;
+        let view = Bound::new(py, Exchange::new(slf, scope, &py.None().into_bound(py)))?;
+        Ok(match config.decider.decide(py, view.as_any(), None, 0)? {
+            Verdict::Admit(None) => py.None(),
+            Verdict::Admit(Some(gate)) => {
+                { Bound::new(py, PermitPy::admitted(gate.clone(), config.decider.since()))? }
+                    .into_any()
+                    .unbind()
+            }
+            Verdict::Answer(rendered) => rendered.unbind(),
+            Verdict::Shed { variant, html } => {
+                let rendition = if html { &variant.html } else { &variant.json };
+                rendition.rendered.clone_ref(py)
+            }
+        })
+    }
+}
+
+impl AsgiCore {
+    fn configured(&self) -> PyResult<&Config> {
+        self.config
+            .get()
+            .ok_or_else(|| config_error("the middleware was not configured"))
+    }
+}
+
+/// One `http` request on its way through the middleware. It is three things at once, so that
+/// an admitted request costs one object of ours:
+///
+/// - the request view the decision reads (`get`, in WSGI's terms);
+/// - the `send` the app is given (`__call__`): it notes the start of the response and gives
+///   the permit back at the last body, then hands the message on;
+/// - the awaitable the server awaits (`__await__`, `__next__`, `send`, `throw`, `close`): it
+///   forwards every step to the app's coroutine and gives the permit back when that ends.
+///
+/// An open breaker's error out of the app becomes the dependency 503 while no response has
+/// gone out. Frameworks answer an error with a 500 before they raise it again (Starlette's
+/// `ServerErrorMiddleware`), so a 500 is held back until the app ends: sent as it was when
+/// the app returns or fails otherwise, replaced by the 503 when that error comes out.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct Exchange {
+    core: Py<AsgiCore>,
+    scope: Py<PyDict>,
+    send: Py<PyAny>,
+    /// Whether this request holds a slot of the gate (until it goes back).
+    holds: AtomicBool,
+    /// When the request was admitted, for the duration histogram (`None`: not timed).
+    since: Mutex<Option<std::time::Instant>>,
+    /// Whether a response start went out to the server.
+    started: AtomicBool,
+    /// Whether the app's response is a 500, held back in `held`.
+    holding: AtomicBool,
+    /// Whether `steps` now sends messages of ours instead of running the app.
+    answering: AtomicBool,
+    /// What the awaitable steps through: the app's coroutine, then, to finish, the sending of
+    /// an answer of ours or of the held-back messages; `None` once over.
+    steps: Mutex<Option<Py<PyIterator>>>,
+    held: Mutex<Vec<Py<PyAny>>>,
+}
+
+impl Exchange {
+    fn new(core: &Bound<'_, AsgiCore>, scope: &Bound<'_, PyDict>, send: &Bound<'_, PyAny>) -> Self {
+        Self {
+            core: core.clone().unbind(),
+            scope: scope.clone().unbind(),
+            send: send.clone().unbind(),
+            holds: AtomicBool::new(false),
+            since: Mutex::new(None),
+            started: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            answering: AtomicBool::new(false),
+            steps: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Gives the permit back, once.
+    fn release(&self) {
+        if self.holds.swap(false, Ordering::AcqRel) {
+            if let Some(gate) = self
+                .core
+                .get()
+                .config
+                .get()
+                .and_then(|config| config.decider.gate.as_ref())
+            {
+                gate.release();
+            }
+            crate::decide::finished(self.since.lock().take());
+        }
+    }
+
+    /// What one step of the app (or of our sending) came to: `Some` value it yields, `None`
+    /// when all is over, or the error to raise. `outcome` is the step's result, `None` or a
+    /// `StopIteration` when it ended.
+    fn after_step<'py>(
+        slf: &Bound<'py, Self>,
+        outcome: Option<PyResult<Bound<'py, PyAny>>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let this = slf.get();
+        let error = match outcome {
+            Some(Ok(value)) => return Ok(Some(value)),
+            None => None,
+            Some(Err(err)) if err.is_instance_of::<PyStopIteration>(py) => None,
+            Some(Err(err)) => Some(err),
+        };
+        this.release();
+        if this.answering.load(Ordering::Acquire) {
+            this.steps.lock().take();
+            return error.map_or(Ok(None), Err);
+        }
+        let config = this.core.get().configured()?;
+        let held = std::mem::take(&mut *this.held.lock());
+        let dependency = error.as_ref().is_some_and(|err| {
+            !this.started.load(Ordering::Acquire)
+                && err.is_instance(py, config.dependency_error.bind(py))
+        });
+        let (messages, error) = match error {
+            Some(err) if dependency => {
+                config
+                    .decider
+                    .count(crate::metrics::Outcome::FailedFastDependency);
+                // The dependency 503, rendered like every refusal, in place of the app's.
+                let rendered = config
+                    .decider
+                    .on_dependency
+                    .bind(py)
+                    .call1((slf, err.value(py)))?;
+                let head = is_head(py, slf.as_any(), None)?;
+                (Reply::of(py, &rendered)?.messages(py, head)?, py.None())
+            }
+            // The held-back 500 goes out as it was, and the app's error after it.
+            error if !held.is_empty() => (
+                PyList::new(py, held)?,
+                error.map_or_else(|| py.None(), |err| err.into_value(py).into_any()),
+            ),
+            error => {
+                this.steps.lock().take();
+                return error.map_or(Ok(None), Err);
+            }
+        };
+        let mut steps = config
+            .answer
+            .bind(py)
+            .call1((this.send.bind(py), messages, error))?
+            .call_method0(intern!(py, "__await__"))?
+            .cast_into::<PyIterator>()?;
+        this.answering.store(true, Ordering::Release);
+        *this.steps.lock() = Some(steps.clone().unbind());
+        let first = steps.next();
+        Self::after_step(slf, first)
+    }
+
+    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyIterator>> {
+        self.steps
+            .lock()
+            .as_ref()
+            .map(|steps| steps.bind(py).clone())
+    }
+
+    /// The request header `name` (lowercase, `-` between words) as WSGI would give it:
+    /// latin-1 text, several fields joined by `,`.
+    fn header<'py>(&self, py: Python<'py>, name: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let scope = self.scope.bind(py);
+        let Some(headers) = scope.get_item(intern!(py, "headers"))? else {
+            return Ok(None);
+        };
+        let mut found: Option<String> = None;
+        for pair in headers.try_iter()? {
+            let pair = pair?;
+            let Ok(key) = pair.get_item(0) else { continue };
+            let Ok(key) = key.cast::<PyBytes>() else {
+                continue;
+            };
+            if !key.as_bytes().eq_ignore_ascii_case(name) {
+                continue;
+            }
+            let Ok(value) = pair.get_item(1) else {
+                continue;
+            };
+            let Ok(value) = value.cast::<PyBytes>() else {
+                continue;
+            };
+            let text: String = value.as_bytes().iter().map(|&b| char::from(b)).collect();
+            found = Some(match found {
+                None => text,
+                Some(before) => before + "," + &text,
+            });
+        }
+        Ok(found.map(|text| PyString::new(py, &text).into_any()))
+    }
+
+    /// The path the app sees, relative to `root_path` when the server put that in front.
+    fn path<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let scope = self.scope.bind(py);
+        let Some(path) = scope.get_item(intern!(py, "path"))? else {
+            return Ok(None);
+        };
+        let Some(root) = scope
+            .get_item(intern!(py, "root_path"))?
+            .filter(|root| root.is_truthy().unwrap_or(false))
+        else {
+            return Ok(Some(path));
+        };
+        if let (Ok(path_text), Ok(root_text)) = (path.cast::<PyString>(), root.cast::<PyString>()) {
+            let (path_text, root_text) = (path_text.to_cow()?, root_text.to_cow()?);
+            if let Some(rest) = path_text.strip_prefix(root_text.as_ref()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Ok(Some(PyString::new(py, rest).into_any()));
+                }
+            }
+        }
+        Ok(Some(path))
+    }
+}
+
+#[pymethods]
+impl Exchange {
+    /// The fact the decision asks for, by its WSGI environ key: `PATH_INFO`, `REQUEST_METHOD`,
+    /// `REMOTE_ADDR`, `QUERY_STRING` or `HTTP_<NAME>` (a request header); `default` for any
+    /// other key or a fact the request does not have.
+    #[pyo3(signature = (key, default=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let found = match key.cast::<PyString>() {
+            Ok(key) => self.fact(py, key)?,
+            Err(_) => None,
+        };
+        Ok(found.or(default))
+    }
+
+    /// The ASGI scope.
+    #[getter]
+    fn scope(&self, py: Python<'_>) -> Py<PyDict> {
+        self.scope.clone_ref(py)
+    }
+
+    /// The app's `send`: notes the start of the response, gives the permit back at the last
+    /// body, then hands `message` on (or holds it back, for a 500).
+    #[pyo3(signature = (message, /))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut hold = false;
+        if let Ok(fields) = message.cast::<PyDict>() {
+            if let Some(kind) = fields.get_item(intern!(py, "type"))? {
+                if kind.eq(intern!(py, "http.response.body"))? {
+                    let more = match fields.get_item(intern!(py, "more_body"))? {
+                        Some(more) => more.is_truthy()?,
+                        None => false,
+                    };
+                    hold = this.holding.load(Ordering::Acquire);
+                    if !more && !hold {
+                        // The permit goes back once the server has taken the last body.
+                        let sending = this.send.bind(py).call1((message,))?;
+                        return LastBody::after(&sending, slf);
+                    }
+                    if !more {
+                        this.release();
+                    }
+                } else if kind.eq(intern!(py, "http.response.start"))? {
+                    let status = fields.get_item(intern!(py, "status"))?;
+                    if status.is_some_and(|status| status.extract::<i64>().ok() == Some(500)) {
+                        this.holding.store(true, Ordering::Release);
+                        hold = true;
+                    } else {
+                        this.started.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+        if hold {
+            this.held.lock().push(message.clone().unbind());
+            let config = this.core.get().configured()?;
+            let nothing = PyList::empty(py);
+            return config
+                .answer
+                .bind(py)
+                .call1((this.send.bind(py), nothing, py.None()));
+        }
+        this.send.bind(py).call1((message,))
+    }
+
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(mut steps) = slf.get().current(slf.py()) else {
+            return Ok(None);
+        };
+        let outcome = steps.next();
+        Self::after_step(slf, outcome)
+    }
+
+    /// The generator protocol's `send` (the server's, not the app's).
+    #[pyo3(signature = (value, /))]
+    fn send<'py>(slf: &Bound<'py, Self>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let Some(steps) = slf.get().current(py) else {
+            return Err(PyStopIteration::new_err(()));
+        };
+        let outcome = if value.is_none() {
+            let mut steps = steps;
+            steps.next()
+        } else {
+            Some(steps.call_method1(intern!(py, "send"), (value,)))
+        };
+        Self::after_step(slf, outcome)?.ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    /// Passes an exception (a cancellation) on to the app's coroutine.
+    #[pyo3(signature = (*args))]
+    fn throw<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let Some(steps) = slf.get().current(py) else {
+            // Nothing left to throw into: raised here, as a finished coroutine does.
+            return Err(thrown(args)?);
+        };
+        let outcome = steps.call_method1(intern!(py, "throw"), args);
+        Self::after_step(slf, Some(outcome))?.ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    /// Closes the app's coroutine (the server gave up on it) and gives the permit back.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let steps = self.steps.lock().take();
+        let outcome = match steps {
+            Some(steps) => steps.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        self.release();
+        outcome
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.core)?;
+        visit.call(&self.scope)?;
+        visit.call(&self.send)?;
+        if let Some(steps) = self.steps.try_lock() {
+            if let Some(steps) = steps.as_ref() {
+                visit.call(steps)?;
+            }
+        }
+        if let Some(held) = self.held.try_lock() {
+            for message in held.iter() {
+                visit.call(message)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.steps.lock().take();
+        self.held.lock().clear();
+    }
+}
+
+impl Exchange {
+    /// What `get` answers, for the decision too (see [`crate::decide::lookup`]).
+    pub(crate) fn fact<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyString>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        // The decision asks with interned keys: those are matched without reading them.
+        if key.is(intern!(py, "PATH_INFO")) {
+            self.path(py)
+        } else if key.is(intern!(py, "REQUEST_METHOD")) {
+            self.scope.bind(py).get_item(intern!(py, "method"))
+        } else {
+            self.lookup(py, &key.to_cow()?)
+        }
+    }
+
+    /// `get` for the keys not matched by identity.
+    fn lookup<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let scope = self.scope.bind(py);
+        Ok(match key {
+            "PATH_INFO" => self.path(py)?,
+            "REQUEST_METHOD" => scope.get_item(intern!(py, "method"))?,
+            "REMOTE_ADDR" => scope
+                .get_item(intern!(py, "client"))?
+                .filter(|client| !client.is_none())
+                .and_then(|client| client.get_item(0).ok()),
+            "QUERY_STRING" => scope
+                .get_item(intern!(py, "query_string"))?
+                .and_then(|query| {
+                    let query = query.cast::<PyBytes>().ok()?;
+                    let text: String = query.as_bytes().iter().map(|&b| char::from(b)).collect();
+                    Some(PyString::new(py, &text).into_any())
+                }),
+            _ => match key.strip_prefix("HTTP_") {
+                Some(name) if !name.is_empty() => {
+                    let name = name.to_ascii_lowercase().replace('_', "-");
+                    self.header(py, name.as_bytes())?
+                }
+                _ => None,
+            },
+        })
+    }
+}
+
+/// The server's `send` of the last body, awaited through this: once it is done (or failed),
+/// the request's permit goes back.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct LastBody {
+    exchange: Py<Exchange>,
+    steps: Mutex<Option<Py<PyIterator>>>,
+}
+
+impl LastBody {
+    fn after<'py>(
+        sending: &Bound<'py, PyAny>,
+        exchange: &Bound<'py, Exchange>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = sending.py();
+        let steps = match sending
+            .call_method0(intern!(py, "__await__"))
+            .and_then(|steps| Ok(steps.cast_into::<PyIterator>()?))
+        {
+            Ok(steps) => steps,
+            Err(err) => {
+                exchange.get().release();
+                return Err(err);
+            }
+        };
+        let last = LastBody {
+            exchange: exchange.clone().unbind(),
+            steps: Mutex::new(Some(steps.unbind())),
+        };
+        Ok(Bound::new(py, last)?.into_any())
+    }
+
+    fn after_step<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: Option<PyResult<Bound<'py, PyAny>>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let error = match outcome {
+            Some(Ok(value)) => return Ok(Some(value)),
+            None => None,
+            Some(Err(err)) if err.is_instance_of::<PyStopIteration>(py) => None,
+            Some(Err(err)) => Some(err),
+        };
+        self.steps.lock().take();
+        self.exchange.get().release();
+        error.map_or(Ok(None), Err)
+    }
+
+    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyIterator>> {
+        self.steps
+            .lock()
+            .as_ref()
+            .map(|steps| steps.bind(py).clone())
+    }
+}
+
+#[pymethods]
+impl LastBody {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(mut steps) = self.current(py) else {
+            return Ok(None);
+        };
+        let outcome = steps.next();
+        self.after_step(py, outcome)
+    }
+
+    #[pyo3(signature = (value, /))]
+    fn send<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let Some(mut steps) = self.current(py) else {
+            return Err(PyStopIteration::new_err(()));
+        };
+        let outcome = if value.is_none() {
+            steps.next()
+        } else {
+            Some(steps.call_method1(intern!(py, "send"), (value,)))
+        };
+        self.after_step(py, outcome)?
+            .ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(steps) = self.current(py) else {
+            return Err(thrown(args)?);
+        };
+        let outcome = steps.call_method1(intern!(py, "throw"), args);
+        self.after_step(py, Some(outcome))?
+            .ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let steps = self.steps.lock().take();
+        self.exchange.get().release();
+        match steps {
+            Some(steps) => steps.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.exchange)?;
+        if let Some(steps) = self.steps.try_lock() {
+            if let Some(steps) = steps.as_ref() {
+                visit.call(steps)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.steps.lock().take();
+    }
+}
+
+/// The exception `throw(type, value=None, traceback=None)` asks to raise, for an awaitable
+/// that has nothing left to throw it into.
+fn thrown(args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
+    let error = args.get_item(0)?;
+    Ok(if args.len() > 1 && !args.get_item(1)?.is_none() {
+        PyErr::from_value(args.get_item(1)?)
+    } else {
+        PyErr::from_value(error)
+    })
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // The safety net for an awaitable dropped unfinished and never closed.
+        self.release();
+    }
+}
