@@ -1,7 +1,8 @@
-"""Real WSGI servers for the tests and the benchmarks: Gunicorn, waitress and uWSGI on a
-loopback port, ready before anyone talks to them and always stopped afterwards, their workers
-included, whatever the caller did. This is the one launcher: the benchmarks import it too
-(their ``harness`` puts this directory on ``sys.path``).
+"""Real servers for the tests and the benchmarks: Gunicorn, waitress and uWSGI (WSGI), Uvicorn,
+Hypercorn and Gunicorn with Uvicorn workers (ASGI), each on a loopback port, ready before anyone
+talks to it and always stopped afterwards, its workers included, whatever the caller did. This
+is the one launcher: the benchmarks import it too (their ``harness`` puts this directory on
+``sys.path``).
 
     with GunicornServer("gunicorn_apps:application", threads=16, env={...}) as server:
         reply = server.fetch("/work")
@@ -10,14 +11,15 @@ included, whatever the caller did. This is the one launcher: the benchmarks impo
         ...
 
 The listening socket is bound here (127.0.0.1, a free port) and handed to the server as an
-inherited file descriptor (``fd://N``), so no other process can take the port between choosing
-and binding it. Each server runs in a session of its own: stopping it sends SIGTERM, and past
-a deadline SIGKILL to the whole process group.
+inherited file descriptor (``fd://N``; Uvicorn's ``--fd N``), so no other process can take the
+port between choosing and binding it. Each server runs in a session of its own: stopping it
+sends SIGTERM, and past a deadline SIGKILL to the whole process group.
 
 Gunicorn runs with a generated config that chains the caller's (``config=``) and adds two
 hooks: each worker leaves a file named by its pid once the app is loaded and removes it when it
 exits. Start-up waits for one file per worker; :meth:`GunicornServer.worker_pids` reads them.
-waitress and uWSGI are ready once they answer a request for ``ready_path``.
+waitress, uWSGI, Uvicorn and Hypercorn are ready once they answer a request for
+``ready_path``.
 
 :func:`serving` boots several servers side by side; :meth:`ServerProcess.worker_cpu` reads the
 CPU time of a server's workers from ``/proc``, so a benchmark can tell which side was busy.
@@ -172,7 +174,7 @@ def _alive(pid: int) -> bool:
 
 
 class ServerProcess:
-    """A WSGI server process serving ``app`` (``module:name``) on ``127.0.0.1:<free port>``, as a
+    """A server process serving ``app`` (``module:name``) on ``127.0.0.1:<free port>``, as a
     context manager. Subclasses say how to start it (:meth:`_command`) and when it is ready.
 
     ``args`` are extra command-line arguments, ``env`` extra environment variables, ``chdir``
@@ -566,12 +568,81 @@ class UwsgiServer(_AnswersRequests):
         return [*command, *self.args]
 
 
+class UvicornServer(_AnswersRequests):
+    """``python -m uvicorn APP --fd N``: one process, one event loop. ``args`` are Uvicorn's
+    options (``--limit-concurrency 8``...); :meth:`stop` gives in-flight requests
+    ``stop_timeout - 1`` seconds (``--timeout-graceful-shutdown``)."""
+
+    name = "uvicorn"
+
+    def _command(self, fd: int) -> list[str]:
+        graceful = max(1, int(self.stop_timeout) - 1)
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--fd",
+            str(fd),
+            "--app-dir",
+            str(self.chdir),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            str(graceful),
+            *self.args,
+            self.app,
+        ]
+
+
+class HypercornServer(_AnswersRequests):
+    """``python -m hypercorn --bind fd://N APP``: one worker, asyncio. ``args`` are
+    Hypercorn's options."""
+
+    name = "hypercorn"
+
+    def _command(self, fd: int) -> list[str]:
+        graceful = max(1, int(self.stop_timeout) - 1)
+        return [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--bind",
+            f"fd://{fd}",
+            "--graceful-timeout",
+            str(graceful),
+            *self.args,
+            self.app,
+        ]
+
+
+class GunicornUvicornServer(GunicornServer):
+    """Gunicorn whose workers are Uvicorn's (``uvicorn_worker.UvicornWorker``), serving an
+    ASGI app; ready once each of ``workers`` workers has loaded it."""
+
+    name = "gunicorn-uvicorn"
+
+    def __init__(self, app: str, *, workers: int = 1, **options: Any) -> None:
+        super().__init__(app, worker_class=UVICORN_WORKER, workers=workers, **options)
+
+
+UVICORN_WORKER = "uvicorn_worker.UvicornWorker"
+
 #: Every server the tests can start, by name.
 SERVERS: dict[str, type[ServerProcess]] = {
     "gunicorn": GunicornServer,
     "waitress": WaitressServer,
     "uwsgi": UwsgiServer,
 }
+
+#: The servers of ASGI apps, by name.
+ASGI_SERVERS: dict[str, type[ServerProcess]] = {
+    "uvicorn": UvicornServer,
+    "hypercorn": HypercornServer,
+    "gunicorn-uvicorn": GunicornUvicornServer,
+}
+
+#: The modules each server needs.
+_MODULES = {"gunicorn-uvicorn": ("gunicorn", "uvicorn", "uvicorn_worker")}
 
 INSTALL_HINT = "pip install -e '.[test]' (uWSGI builds from source: it needs a C compiler)"
 
@@ -586,7 +657,7 @@ def missing(name: str) -> str | None:
     if name == "uwsgi":
         found = uwsgi_binary() is not None
     else:
-        found = importlib.util.find_spec(name) is not None
+        found = all(importlib.util.find_spec(module) for module in _MODULES.get(name, (name,)))
     return None if found else f"{name} is not installed: {INSTALL_HINT}"
 
 
