@@ -595,8 +595,9 @@ class UvicornServer(_AnswersRequests):
 
 
 class HypercornServer(_AnswersRequests):
-    """``python -m hypercorn --bind fd://N APP``: one worker, asyncio. ``args`` are
-    Hypercorn's options."""
+    """``python -m hypercorn --bind fd://N --workers 0 APP``: asyncio, served by the process
+    the test started (with workers, Hypercorn would spawn them and could leave them to be
+    reaped by someone else). ``args`` are Hypercorn's options."""
 
     name = "hypercorn"
 
@@ -608,6 +609,8 @@ class HypercornServer(_AnswersRequests):
             "hypercorn",
             "--bind",
             f"fd://{fd}",
+            "--workers",
+            "0",
             "--graceful-timeout",
             str(graceful),
             *self.args,
