@@ -2,7 +2,8 @@
 measures from inside how many requests it is handling at once (``gunicorn_apps.Meter``).
 
 Uvicorn, Hypercorn and Gunicorn with Uvicorn workers import them from the tests directory:
-``asgi_apps:bare_application`` (a hand-written ASGI 3 app), ``asgi_apps:starlette_application``
+``asgi_apps:bare_application`` (a hand-written ASGI 3 app; ``middleware_application`` is the
+same app behind the middleware with nothing around it), ``asgi_apps:starlette_application``
 (the middleware in Starlette's middleware list), ``asgi_apps:fastapi_application`` (added with
 ``add_middleware``) and ``django_asgi:application`` (Django's ASGI application wrapped by hand).
 The environment sets them up: ``TIDEGATE_TEST_LIMIT`` is the limit (default 4),
@@ -218,6 +219,9 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 bare_application = tagged(TideGateMiddleware(bare, **OPTIONS))
+#: The middleware itself as the server's app, with nothing around it: the server must tell
+#: it is ASGI 3 (no ``X-Worker-Pid`` here).
+middleware_application = TideGateMiddleware(bare, **OPTIONS)
 
 
 # -- Starlette, with the middleware in its list --------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 from typing import Any
 
 import httpx
@@ -499,3 +500,14 @@ def asgi_get(app: Any, path: str, **kwargs: Any) -> httpx.Response:
 def test_not_an_app_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="app: must be an ASGI app"):
         TideGateMiddleware(5)  # type: ignore[arg-type]
+
+
+def test_servers_tell_the_middleware_is_an_asgi_3_app(recorder: Recorder) -> None:
+    # Uvicorn asks asyncio, Hypercorn asks inspect, both about ``app.__call__``.
+    app = middleware(recorder, limit=1)
+    assert inspect.iscoroutinefunction(app.__call__)
+    assert asyncio.iscoroutinefunction(app.__call__)
+    # What they then call answers as the middleware does.
+    reply = run(serve(app.__call__, "GET", "/"))
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert app.gate.admitted == 1 and app.gate.in_flight == 0

@@ -92,7 +92,9 @@ def asgi_server(
     return ASGI_SERVERS[name](APPS[app], **options)
 
 
-def assert_full_503(reply: Response, reason: str = "overload", retry_after: str = "1") -> None:
+def assert_full_503(
+    reply: Response, reason: str = "overload", retry_after: str = "1", *, pid: bool = True
+) -> None:
     headers = reply.headers
     # ASGI carries no reason phrase: Uvicorn writes the standard one, Hypercorn none.
     assert reply.status == 503 and reply.reason in ("Service Unavailable", ""), reply
@@ -100,7 +102,8 @@ def assert_full_503(reply: Response, reason: str = "overload", retry_after: str 
     assert headers["Cache-Control"] == "no-store"
     assert headers["Content-Type"] == "application/json"
     assert int(headers["Content-Length"]) == len(reply.body)
-    assert headers[PID_HEADER], "the 503 went out through the app's outer layers"
+    if pid:
+        assert headers[PID_HEADER], "the 503 went out through the app's outer layers"
     document = reply.json()
     assert document["error"] == "Service Unavailable"
     assert document["reason"] == reason
@@ -171,6 +174,9 @@ class Stream:
             body = reply.read()
             self.conn.close()
             assert_full_503(Response(reply.status, reply.reason, reply.headers, body))
+
+    def close(self) -> None:
+        self.hang_up(abort=False)
 
     def hang_up(self, *, abort: bool) -> None:
         """Closes the connection mid-body: a FIN, or with ``abort`` a RST."""
@@ -353,3 +359,18 @@ def test_every_server_stops_with_all_its_processes(name: str) -> None:
         os.killpg(group, 0)
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
+
+
+@pytest.mark.parametrize("name", sorted(ASGI_SERVERS))
+def test_the_middleware_itself_is_served_as_an_asgi_3_app(name: str) -> None:
+    unavailable(name)
+    options: dict[str, Any] = {"env": {"TIDEGATE_TEST_LIMIT": "1"}}
+    if name != "gunicorn-uvicorn":
+        options["ready_path"] = STATS_PATH
+    with ASGI_SERVERS[name]("asgi_apps:middleware_application", **options) as server:
+        reply = server.fetch("/work?ms=0")
+        assert (reply.status, reply.body) == (200, b"done")
+        with contextlib.closing(Stream(server)) as held:
+            assert held.status == 200
+            assert_full_503(server.fetch("/work?ms=0"), pid=False)
+    assert_clean_log(server)

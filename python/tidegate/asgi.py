@@ -68,6 +68,16 @@ class TideGateMiddleware(PolicyParts, AsgiCore):
             answer=_answer,
             dependency_error=CircuitOpenError,
         )
+        # Servers tell an ASGI 3 app by ``iscoroutinefunction(app.__call__)`` (Uvicorn takes
+        # anything else for ASGI 2, Hypercorn for WSGI), which the core's method is not. This
+        # coroutine function answers them; calls to the middleware still go straight to the
+        # core, since an instance attribute never replaces the type's call slot.
+        core_call = AsgiCore.__call__
+
+        async def __call__(scope: Scope, receive: Receive, send: Send) -> None:
+            await core_call(self, scope, receive, send)
+
+        self.__call__ = __call__  # type: ignore[method-assign]
 
     __init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
         [
