@@ -32,9 +32,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 # One launcher for real servers, shared with the tests.
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-from servers import HOST, GunicornServer, serving  # noqa: E402
+from servers import HOST, GunicornServer, ServerProcess, UvicornServer, serving  # noqa: E402
 
-__all__ = ["HOST", "Load", "closed_loop", "fmt", "gunicorn", "serving", "versions"]
+__all__ = ["HOST", "Load", "closed_loop", "fmt", "gunicorn", "serving", "uvicorn", "versions"]
 
 # -- Gunicorn on a loopback port -------------------------------------------------------------
 
@@ -66,6 +66,21 @@ def gunicorn(
     )
 
 
+def uvicorn(app: str, *, args: list[str] | None = None) -> UvicornServer:
+    """Uvicorn (one process, its default HTTP implementation) serving ``app`` from this
+    directory, launched like :func:`gunicorn`; ``args`` are Uvicorn's options.
+    :meth:`~servers.ServerProcess.worker_cpu` gives the server process's CPU time."""
+    return UvicornServer(
+        app,
+        chdir=BENCH_DIR,
+        backlog=1024,
+        startup_timeout=60.0,
+        ready_path="/ping",
+        # Errors only: Uvicorn logs every refusal of --limit-concurrency as a warning.
+        args=["--log-level=error", *(args or [])],
+    )
+
+
 # -- closed-loop load --------------------------------------------------------------------------
 
 
@@ -81,6 +96,8 @@ class Load:
     server_cpu: float | None = None
     reconnects: int = 0
     errors: int = 0
+    #: 503s that came without a usable ``Retry-After`` (a number of seconds).
+    unhinted: int = 0
 
     def count(self, status: int | None = None) -> int:
         if status is None:
@@ -116,7 +133,7 @@ class Load:
 
 
 def closed_loop(
-    server: GunicornServer,
+    server: ServerProcess,
     path: str,
     *,
     connections: int,
@@ -180,6 +197,7 @@ def closed_loop(
         load.client_cpu += report["cpu"]
         load.reconnects += report["reconnects"]
         load.errors += report["errors"]
+        load.unhinted += report["unhinted"]
     return load
 
 
@@ -212,7 +230,7 @@ def _client(
     """One load-generator process: ``connections`` closed-loop clients on one selector."""
     selector = selectors.DefaultSelector()
     latencies: dict[int, array[float]] = {}
-    reconnects = errors = 0
+    reconnects = errors = unhinted = 0
     cpu_begin: float | None = None
     sleeping: list[_Client] = []
 
@@ -292,8 +310,12 @@ def _client(
             if _header(head, b"connection") == b"close":
                 reconnects += 1
                 connect(client)
-            retry_after = _header(head, b"retry-after") if honour_retry_after else None
-            if status == 503 and retry_after is not None and retry_after.isdigit():
+            retry_after = _header(head, b"retry-after")
+            hinted = retry_after is not None and retry_after.isdigit()
+            if status == 503 and not hinted and done >= begin:
+                unhinted += 1
+            if status == 503 and honour_retry_after and hinted:
+                assert retry_after is not None
                 client.due = done + int(retry_after)
                 sleeping.append(client)
             else:
@@ -316,6 +338,7 @@ def _client(
             "cpu": cpu,
             "reconnects": reconnects,
             "errors": errors,
+            "unhinted": unhinted,
         }
     )
     out.close()
