@@ -102,3 +102,20 @@ def test_asgi_cost_prints_every_candidate_and_the_target() -> None:
     for name in ("bare app", "careful pure-Python gate", "tidegate", "tidegate, refusing"):
         assert name in output
     assert "x what the careful gate adds (target <= 0.3)" in output
+
+
+def test_asgi_overload_prints_every_case_and_the_targets() -> None:
+    output = run_quick("asgi_overload.py")
+    header = table_row(output, " " * 26)
+    assert " ".join(header) == "ungated uvicorn limit 8 uvicorn limit 72 tidegate limit=8"
+    successes = table_row(output, "successes/s")
+    assert len(successes) == 4 and all(float(cell) > 0 for cell in successes)
+    sheds = table_row(output, "503s/s")
+    assert sheds[0] == "0" and float(sheds[1]) > 0 and float(sheds[3]) > 0
+    hinted = table_row(output, "503s with Retry-After %")
+    # Uvicorn's own 503 says nothing of when to come back; tidegate's always does.
+    assert (hinted[1], hinted[3]) == ("0", "100")
+    assert "every refusal carried Retry-After" in output
+    assert output.count("met") + output.count("MISSED") >= 3
+    last = output.rstrip().splitlines()[-1]
+    assert last == "targets met" or last.startswith("TARGETS MISSED: ")
