@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import RecordingApp, call
 from flask import Flask
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from tidegate import CapacityGate, MaintenanceSwitch, process_draining
+from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
 from tidegate.pytest_plugin import CapacityFixture, MaintenanceFixture
 from tidegate.wsgi import TideGateMiddleware
 
@@ -19,6 +22,8 @@ pytest_plugins = ["pytester", "tidegate.pytest_plugin"]
 
 APPS = """
 from flask import Flask
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from tidegate import HealthChecks, MaintenanceSwitch
 from tidegate.flask import TideGate
@@ -217,6 +222,102 @@ def test_a_previous_local_maintenance_comes_back_exactly(pytester: pytest.Pytest
     pytester.runpytest().assert_outcomes(passed=2)
 
 
+ASGI_APPS = """
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tidegate import MaintenanceSwitch
+from tidegate.asgi import TideGateMiddleware
+
+
+async def hello(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+class Outer:
+    \"""Someone else's middleware around tidegate's: it keeps what it wraps as .app.\"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+def switch():
+    return MaintenanceSwitch(env_var=None)
+
+
+middleware = TideGateMiddleware(hello, limit=2, maintenance=switch())
+wrapped = Outer(TideGateMiddleware(hello, limit=3, maintenance=switch()))
+starlette_app = Starlette(
+    routes=[Route("/", lambda request: PlainTextResponse("hello"))],
+    middleware=[Middleware(TideGateMiddleware, limit=4, maintenance=switch())],
+)
+fastapi_app = FastAPI()
+fastapi_app.add_middleware(TideGateMiddleware, limit=5, maintenance=switch())
+fastapi_app.get("/", response_class=PlainTextResponse)(lambda: "hello")
+
+TARGETS = {"middleware": middleware, "wrapped": wrapped, "starlette": starlette_app,
+           "fastapi": fastapi_app}
+
+
+def get(app):
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/")
+
+    reply = asyncio.run(go())
+    return reply.status_code, reply.headers, reply.text
+"""
+
+ASGI_USES = """
+import json
+
+import pytest
+
+from asgi_apps import TARGETS, get
+
+NAMES = sorted(TARGETS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_in_maintenance(tidegate_maintenance, name):
+    switch = tidegate_maintenance(TARGETS[name], message="Back soon", retry_after=60)
+    status, headers, body = get(TARGETS[name])
+    assert (status, headers["Retry-After"]) == (503, "60")
+    assert json.loads(body)["message"] == "Back soon"
+    assert switch.active
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_at_capacity(tidegate_at_capacity, name):
+    gate = tidegate_at_capacity(TARGETS[name])
+    assert gate.in_flight == gate.limit
+    status, headers, body = get(TARGETS[name])
+    assert (status, json.loads(body)["reason"]) == (503, "overload")
+    assert headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_afterwards_everything_is_as_before(name):
+    assert get(TARGETS[name])[::2] == (200, "hello")
+"""
+
+
+def test_asgi_targets_middlewares_and_the_apps_they_wrap(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(asgi_apps=ASGI_APPS, test_asgi_uses=ASGI_USES)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=12)
+
+
 # -- the fixtures in this session, and what they refuse ----------------------------------------
 
 
@@ -250,6 +351,10 @@ def test_a_target_without_the_part_is_a_clear_error(
         tidegate_maintenance(Flask(__name__))
     with pytest.raises(TypeError, match=re.escape("target: expected a CapacityGate")):
         tidegate_at_capacity(MaintenanceSwitch(env_var=None))
+    with pytest.raises(TypeError, match=re.escape("target: expected a MaintenanceSwitch")):
+        tidegate_maintenance(Starlette(), message="no tidegate in its middleware")
+    with pytest.raises(ValueError, match=r"^target: .* has no capacity gate; .*limit= or gate="):
+        tidegate_at_capacity(Starlette(middleware=[Middleware(AsgiMiddleware)]))
     with pytest.raises(TypeError, match="message"):
         tidegate_maintenance(MaintenanceSwitch(env_var=None), message=3)  # type: ignore[arg-type]
 

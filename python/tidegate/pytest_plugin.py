@@ -6,7 +6,9 @@ test session. With plugin autoloading off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), 
 ``-p tidegate`` or ``-p tidegate.pytest_plugin``.
 
 A target is a :class:`~tidegate.MaintenanceSwitch` or :class:`~tidegate.CapacityGate`, a
-:class:`~tidegate.wsgi.TideGateMiddleware`, or a Flask app with the
+:class:`~tidegate.wsgi.TideGateMiddleware` or :class:`~tidegate.asgi.TideGateMiddleware`, an
+app wrapped in one (a Starlette or FastAPI app with it in its middleware list, or any chain of
+middlewares that keep the app they wrap as ``.app``), or a Flask app with the
 :class:`~tidegate.flask.TideGate` extension (``app.extensions["tidegate"]``)::
 
     def test_the_maintenance_page(app, client, tidegate_maintenance):
@@ -24,6 +26,10 @@ message. At teardown the switch's own maintenance is put back exactly as it was 
 estimate, Retry-After); the file and the environment variable were never touched, so whatever
 they say still holds.
 
+A Starlette or FastAPI app builds its middleware the first time it is called: a fixture given
+such an app builds it then, as Starlette would (so middleware cannot be added to the app
+afterwards), to reach the very middleware that will answer its requests.
+
 At capacity takes every free permit of the gate (its ``limit`` when nothing is in flight) and
 releases them at teardown. The gate's ``admitted`` and ``peak`` counters count those permits.
 """
@@ -37,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from tidegate._policy import PolicyParts
 from tidegate._tidegate import (
     CapacityGate,
     MaintenanceSwitch,
@@ -152,6 +159,8 @@ def _find(target: object, attribute: str, kind: type[_T], what: str) -> _T:
                 f"target: {target!r} has no tidegate extension; "
                 "register it with TideGate(app) or TideGate().init_app(app)"
             )
+    elif not isinstance(target, PolicyParts):
+        owner = _wrapped_middleware(target) or target
     found = getattr(owner, attribute, None)
     if isinstance(found, kind):
         return found
@@ -164,9 +173,39 @@ def _find(target: object, attribute: str, kind: type[_T], what: str) -> _T:
         )
         raise ValueError(f"target: {target!r} has no {what}; {how}")
     raise TypeError(
-        f"target: expected a {kind.__name__}, a TideGateMiddleware or a Flask app with "
-        f"TideGate, got {target!r}"
+        f"target: expected a {kind.__name__}, a TideGateMiddleware (or an app wrapped in one) "
+        f"or a Flask app with TideGate, got {target!r}"
     )
+
+
+#: How deep :func:`_wrapped_middleware` looks: far more middlewares than any app stacks.
+_MAX_DEPTH = 64
+
+
+def _wrapped_middleware(app: object) -> PolicyParts | None:
+    """The tidegate middleware inside ``app``: down Starlette's middleware stack (built as its
+    first request would build it) and the ``.app`` each middleware keeps; ``None`` if there
+    is none."""
+    node = app
+    seen: set[int] = set()
+    for _ in range(_MAX_DEPTH):
+        if isinstance(node, PolicyParts):
+            return node
+        if id(node) in seen:
+            return None
+        seen.add(id(node))
+        build = getattr(node, "build_middleware_stack", None)
+        if callable(build) and hasattr(node, "middleware_stack"):
+            stack = getattr(node, "middleware_stack", None)
+            if stack is None:
+                stack = build()
+                node.middleware_stack = stack
+            node = stack
+        else:
+            node = getattr(node, "app", None)
+        if node is None:
+            return None
+    return None
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
