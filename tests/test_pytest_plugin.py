@@ -284,7 +284,7 @@ import json
 
 import pytest
 
-from asgi_apps import TARGETS, get
+from asgi_targets import TARGETS, get
 
 NAMES = sorted(TARGETS)
 
@@ -314,7 +314,7 @@ def test_afterwards_everything_is_as_before(name):
 
 
 def test_asgi_targets_middlewares_and_the_apps_they_wrap(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(asgi_apps=ASGI_APPS, test_asgi_uses=ASGI_USES)
+    pytester.makepyfile(asgi_targets=ASGI_APPS, test_asgi_targets=ASGI_USES)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=12)
 
 
