@@ -19,13 +19,21 @@ from tidegate.demo import LIMIT, percentile
 pytestmark = pytest.mark.server
 
 
-def demo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+#: Runs the command as ``python -m tidegate`` would, with Uvicorn made impossible to import.
+WITHOUT_UVICORN = (
+    "import sys; sys.modules['uvicorn'] = None; from tidegate.cli import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
+def demo(*args: str, uvicorn: bool = True) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MAINTENANCE_MODE", "TIDEGATE_STATE_FILE")
     }
     start = time.monotonic()
+    command = ["-m", "tidegate"] if uvicorn else ["-c", WITHOUT_UVICORN]
     done = subprocess.run(
-        [sys.executable, "-m", "tidegate", "demo", *args],
+        [sys.executable, *command, "demo", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -49,9 +57,21 @@ def table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_the_demo_prints_what_clients_saw() -> None:
-    done, seconds = demo()
+@pytest.mark.parametrize(
+    ("args", "uvicorn", "served"),
+    [
+        ((), True, "a WSGI app on 127.0.0.1, served by the standard library's WSGI server"),
+        (("--asgi",), True, "an ASGI app on 127.0.0.1, served by Uvicorn, behind"),
+        (("--asgi",), False, "served by a minimal asyncio server (Uvicorn is not installed)"),
+    ],
+    ids=["wsgi", "asgi-uvicorn", "asgi-asyncio"],
+)
+def test_the_demo_prints_what_clients_saw(
+    args: tuple[str, ...], uvicorn: bool, served: str
+) -> None:
+    done, seconds = demo(*args, uvicorn=uvicorn)
     assert done.returncode == 0, done.stderr
+    assert served in done.stdout
     assert done.stderr == ""
     assert seconds < 30
     rows = table_rows(done.stdout)
@@ -103,11 +123,19 @@ def scene(report: dict[str, Any], label: str) -> dict[str, Any]:
     raise AssertionError(f"no row {label!r}")
 
 
-def test_the_demo_as_json_holds_the_invariants() -> None:
-    done, seconds = demo("--json")
+@pytest.mark.parametrize(
+    ("args", "uvicorn", "server"),
+    [((), True, "wsgiref"), (("--asgi",), True, "uvicorn"), (("--asgi",), False, "asyncio")],
+    ids=["wsgi", "asgi-uvicorn", "asgi-asyncio"],
+)
+def test_the_demo_as_json_holds_the_invariants(
+    args: tuple[str, ...], uvicorn: bool, server: str
+) -> None:
+    done, seconds = demo("--json", *args, uvicorn=uvicorn)
     assert done.returncode == 0, done.stderr
     assert seconds < 30
     report = json.loads(done.stdout)
+    assert report["server"] == server
     assert report["limit"] == LIMIT
     assert report["seconds"] < 30
 

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def run_demo(args: argparse.Namespace) -> int:
     from tidegate.demo import run
 
-    return run(json_output=args.json)
+    return run(json_output=args.json, asgi=args.asgi)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -63,6 +63,7 @@ examples:
   tidegate drain --state /run/app/tidegate.json     # before stopping a node
   tidegate page --message "Back soon" --output /var/www/maintenance.html
   tidegate demo                                     # every kind of 503 in a few seconds
+  tidegate demo --asgi                              # the same, over ASGI
 
 The app reads the same file: MaintenanceSwitch("/run/app/tidegate.json"), or
 TideGateMiddleware(app, maintenance="/run/app/tidegate.json"). --state may also come from
@@ -221,6 +222,12 @@ def build_parser() -> _Parser:
         formatter_class=_Formatter,
     )
     demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.add_argument(
+        "--asgi",
+        action="store_true",
+        help="serve the app over ASGI, behind tidegate.asgi.TideGateMiddleware (by Uvicorn "
+        "if installed, else by a minimal asyncio server)",
+    )
     demo.set_defaults(handler=run_demo)
 
     parser.set_defaults(handler=None)

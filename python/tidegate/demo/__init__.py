@@ -28,11 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tidegate.demo.app import HOST, LIMIT, METRICS_PATH, start, stop
+from tidegate.demo.app import LIMIT, METRICS_PATH, start, stop
 from tidegate.demo.report import Scene, percentile, table
 from tidegate.demo.scenes import SCENES
+from tidegate.demo.servers import ASGI_SERVERS, HOST, asgi_server
 
-__all__ = ["LIMIT", "percentile", "play", "run", "table"]
+__all__ = ["ASGI_SERVERS", "LIMIT", "asgi_server", "percentile", "play", "run", "table"]
 
 
 class _Log(logging.Handler):
@@ -79,15 +80,16 @@ def _scrape(port: int) -> list[str]:
     return lines
 
 
-def play() -> dict[str, Any]:
-    """Run every scene against a fresh server; what clients saw, as a JSON-ready dict."""
+def play(*, asgi: str | None = None) -> dict[str, Any]:
+    """Run every scene against a fresh server; what clients saw, as a JSON-ready dict. With
+    ``asgi`` (``"uvicorn"`` or ``"asyncio"``) the ASGI shop is served by that server."""
     started = time.perf_counter()
     threads_before = threading.active_count()
     folder = Path(tempfile.mkdtemp(prefix="tidegate-demo-"))
     scenes: list[Scene] = []
     try:
         with _logged() as log:
-            stage, running = start(folder)
+            stage, running = start(folder, asgi=asgi)
             try:
                 scenes = [scene(stage) for scene in SCENES]
                 metrics = _scrape(stage.port)
@@ -96,6 +98,7 @@ def play() -> dict[str, Any]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {
+        "server": running.name,
         "limit": LIMIT,
         "peak_in_flight": stage.app.gate.peak,
         "scenes": [
@@ -116,16 +119,27 @@ def play() -> dict[str, Any]:
     }
 
 
-def run(*, json_output: bool = False) -> int:
-    """``tidegate demo``: play the scenes and print what clients saw. Returns the exit code."""
+def run(*, json_output: bool = False, asgi: bool = False) -> int:
+    """``tidegate demo``: play the scenes and print what clients saw. Returns the exit code.
+    With ``asgi`` the shop is an ASGI app, served by Uvicorn where it is installed and by a
+    minimal asyncio server otherwise."""
+    server = asgi_server() if asgi else None
     if not json_output:
+        if server is None:
+            kind, served = "a WSGI app", "the standard library's WSGI server"
+        elif server == "uvicorn":
+            kind, served = "an ASGI app", "Uvicorn"
+        else:
+            kind, served = "an ASGI app", "a minimal asyncio server (Uvicorn is not installed)"
+        middleware = "tidegate.asgi.TideGateMiddleware" if asgi else "TideGateMiddleware"
         print(
-            f"tidegate demo: a WSGI app on {HOST} behind TideGateMiddleware(limit={LIMIT}) with\n"
-            "a maintenance state file and a circuit breaker; real clients, real sockets.\n",
+            f"tidegate demo: {kind} on {HOST}, served by {served}, behind\n"
+            f"{middleware}(limit={LIMIT}) with a maintenance state file and a circuit\n"
+            "breaker; real clients, real sockets.\n",
             flush=True,
         )
     try:
-        report = play()
+        report = play(asgi=server)
     except (OSError, RuntimeError) as exc:
         print(f"tidegate demo: error: {exc}", file=sys.stderr)
         return 1

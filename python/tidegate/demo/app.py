@@ -1,27 +1,28 @@
 """The demo's stage: a small shop app behind :class:`~tidegate.wsgi.TideGateMiddleware`, served
-by the standard library's threaded WSGI server on 127.0.0.1, and the parts the scenes turn."""
+by the standard library's threaded WSGI server on 127.0.0.1 (or the same shop in ASGI behind
+:class:`~tidegate.asgi.TideGateMiddleware`, served by Uvicorn or a minimal asyncio server), and
+the parts the scenes turn."""
 
 from __future__ import annotations
 
-import socketserver
-import threading
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from tidegate._policy import PolicyParts
 from tidegate._tidegate import MaintenanceSwitch
 from tidegate.breaker import CircuitBreaker
+from tidegate.demo.servers import Running, serve_asgi, serve_wsgi
 from tidegate.health import HealthChecks
 from tidegate.wsgi import TideGateMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-HOST = "127.0.0.1"
 LIMIT = 8
 #: How long the fake dependency takes to fail when it is down (a timeout, say).
 FAILURE_SECONDS = 0.1
@@ -45,6 +46,14 @@ class Inventory:
             time.sleep(FAILURE_SECONDS)
             raise ConnectionError("inventory: timed out")
         time.sleep(0.005)
+        return "42 widgets"
+
+    async def fetch_async(self) -> str:
+        """:meth:`fetch`, waiting without blocking the event loop."""
+        if self.down:
+            await asyncio.sleep(FAILURE_SECONDS)
+            raise ConnectionError("inventory: timed out")
+        await asyncio.sleep(0.005)
         return "42 widgets"
 
 
@@ -74,33 +83,42 @@ class ShopApp:
         return _reply(start_response, "404 Not Found", b"no such page")
 
 
+class AsgiShopApp:
+    """:class:`ShopApp` as an ASGI app: the same routes, the waiting done with ``await``."""
+
+    def __init__(self, inventory: Inventory, breaker: CircuitBreaker) -> None:
+        self.inventory = inventory
+        self.breaker = breaker
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path == "/":
+            await _send(send, 200, b"hello")
+        elif path == "/slow":
+            values = parse_qs(scope["query_string"].decode("latin-1")).get("ms", ["100"])
+            await asyncio.sleep(min(int(values[0]), 5000) / 1000)
+            await _send(send, 200, b"done")
+        elif path == "/stock":
+            try:
+                with self.breaker:
+                    stock = await self.inventory.fetch_async()
+            except ConnectionError:
+                await _send(send, 500, b"inventory failed")
+                return
+            await _send(send, 200, stock.encode())
+        else:
+            await _send(send, 404, b"no such page")
+
+
+async def _send(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _reply(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-# -- the server ----------------------------------------------------------------------------
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = False
-    block_on_close = True  # server_close() joins every request thread
-    request_queue_size = 256  # a burst must not overflow the listen backlog
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look up the host's name, which can be slow.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = HOST
-        self.server_port = self.server_address[1]
-        self.setup_environ()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hung up early is not news here
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -111,7 +129,7 @@ class Stage:
     """The running demo: the server and the parts the scenes turn."""
 
     port: int
-    app: TideGateMiddleware
+    app: PolicyParts
     switch: MaintenanceSwitch  # the server's, polling the state file
     operator: MaintenanceSwitch  # what `tidegate maintenance on` uses
     inventory: Inventory
@@ -135,51 +153,43 @@ class Stage:
         return time.perf_counter() - start
 
 
-@dataclass
-class Running:
-    """The server and the thread serving it, for :func:`stop`."""
-
-    server: _Server
-    thread: threading.Thread
-
-
-def _serve(app: TideGateMiddleware) -> Running:
-    server = _Server((HOST, 0), _QuietHandler)
-    server.set_app(app)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="tidegate-demo-server"
-    )
-    thread.start()
-    return Running(server, thread)
-
-
 def stop(running: Running) -> None:
     """Stop serving and join every thread the server started."""
-    running.server.shutdown()
-    running.server.server_close()
-    running.thread.join()
+    running.close()
 
 
-def start(folder: Path) -> tuple[Stage, Running]:
-    """Serve a fresh shop whose maintenance state file lives in ``folder``."""
+def start(folder: Path, *, asgi: str | None = None) -> tuple[Stage, Running]:
+    """Serve a fresh shop whose maintenance state file lives in ``folder``: the WSGI shop
+    behind :class:`tidegate.wsgi.TideGateMiddleware`, or with ``asgi`` (a name in
+    :data:`~tidegate.demo.servers.ASGI_SERVERS`) the ASGI shop behind
+    :class:`tidegate.asgi.TideGateMiddleware`, served by that server."""
     state = folder / "maintenance.json"
     switch = MaintenanceSwitch(state, env_var=None, poll_interval=0.1)
     inventory = Inventory()
     breaker = CircuitBreaker("inventory", failure_threshold=3, reset_timeout=RESET_TIMEOUT)
     health = HealthChecks()
     health.add_breaker(breaker)
-    app = TideGateMiddleware(
-        ShopApp(inventory, breaker),
-        limit=LIMIT,
-        retry_after=1,
-        retry_jitter=2,
-        maintenance=switch,
-        health=health,
-        metrics_path=METRICS_PATH,
-    )
-    running = _serve(app)
+    options: dict[str, Any] = {
+        "limit": LIMIT,
+        "retry_after": 1,
+        "retry_jitter": 2,
+        "maintenance": switch,
+        "health": health,
+        "metrics_path": METRICS_PATH,
+    }
+    app: PolicyParts
+    running: Running
+    if asgi is None:
+        app = TideGateMiddleware(ShopApp(inventory, breaker), **options)
+        running = serve_wsgi(app)
+    else:
+        from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
+
+        asgi_app = AsgiMiddleware(AsgiShopApp(inventory, breaker), **options)
+        app = asgi_app
+        running = serve_asgi(asgi_app, asgi)
     stage = Stage(
-        port=running.server.server_address[1],
+        port=running.port,
         app=app,
         switch=switch,
         operator=MaintenanceSwitch(state, env_var=None),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.demo.app import HOST
+from tidegate.demo.servers import HOST
 
 
 @dataclass(frozen=True)
