@@ -467,3 +467,28 @@ def test_gunicorn_refuses_to_start_with_an_unusable_metrics_dir(tmp_path: Path) 
         failure.value
     )
     assert server.returncode == 1
+
+
+@pytest.mark.server
+def test_two_servers_on_one_metrics_dir_keep_their_own_counts(tmp_path: Path) -> None:
+    """Two Gunicorn servers given the same TIDEGATE_METRICS_DIR each make a file of their own:
+    neither counts the other's requests."""
+    servers = [
+        GunicornServer(
+            "metrics_app:application",
+            worker_class="sync",
+            workers=2,
+            config="python:tidegate.gunicorn",
+            env={metrics.METRICS_DIR_ENV: str(tmp_path)},
+        )
+        for _ in range(2)
+    ]
+    with servers[0], servers[1]:
+        assert len(list(tmp_path.iterdir())) == 2
+        for count, server in zip((3, 5), servers):
+            for _ in range(count):
+                assert server.fetch("/work").status == 200
+        for count, server in zip((3, 5), servers):
+            samples = counters(parse(server.fetch("/metrics").body))
+            assert requests(samples, "admitted", "none") == count
+    assert list(tmp_path.iterdir()) == []
