@@ -17,7 +17,7 @@ use pyo3::PyTraverseError;
 
 use crate::decide::{header_list, is_head, take_permit, Decider, DecisionConfig, Verdict};
 use crate::errors::{config_error, wsgi_arity};
-use crate::gate::Gate;
+use crate::gate::{Gate, Ticket};
 
 struct Config {
     app: Py<PyAny>,
@@ -88,19 +88,20 @@ impl MiddlewareCore {
             .decide(py, &environ, environ_dict.as_deref(), 0)?
         {
             Verdict::Admit(None) => this.call_app(py, config, args),
-            Verdict::Admit(Some(gate)) => match this.call_app(py, config, args) {
+            Verdict::Admit(Some((gate, ticket))) => match this.call_app(py, config, args) {
                 Ok(body) => {
                     // The middleware, not the gate, is what the body keeps: a Python reference
                     // costs less per request than an atomic one.
                     let closing = ClosingBody {
                         inner: body,
                         slot: Slot::Middleware(slf.clone().unbind()),
+                        ticket,
                         released: AtomicBool::new(false),
                     };
                     Ok(Bound::new(py, closing)?.into_any().unbind())
                 }
                 Err(err) => {
-                    gate.release();
+                    gate.release(ticket);
                     Err(err)
                 }
             },
@@ -211,18 +212,19 @@ impl ReleasingApp {
         };
         let slot = take_permit(py, &environ)?.and_then(|permit| permit.get().take_slot());
         match (outcome, slot) {
-            (Ok(body), Some(gate)) => {
+            (Ok(body), Some((gate, ticket))) => {
                 let closing = ClosingBody {
                     inner: body.unbind(),
                     slot: Slot::Gate(gate),
+                    ticket,
                     released: AtomicBool::new(false),
                 };
                 Ok(Bound::new(py, closing)?.into_any().unbind())
             }
             (Ok(body), None) => Ok(body.unbind()),
             (Err(err), slot) => {
-                if let Some(gate) = slot {
-                    gate.release();
+                if let Some((gate, ticket)) = slot {
+                    gate.release(ticket);
                 }
                 Err(err)
             }
@@ -237,6 +239,8 @@ impl ReleasingApp {
 pub struct ClosingBody {
     inner: Py<PyAny>,
     slot: Slot,
+    /// What the admission handed over, given back with the slot.
+    ticket: Ticket,
     released: AtomicBool,
 }
 
@@ -259,10 +263,10 @@ impl ClosingBody {
                         .get()
                         .and_then(|config| config.decider.gate.as_ref())
                     {
-                        gate.release();
+                        gate.release(self.ticket);
                     }
                 }
-                Slot::Gate(gate) => gate.release(),
+                Slot::Gate(gate) => gate.release(self.ticket),
             }
         }
     }

@@ -72,8 +72,8 @@ impl DecisionCore {
         Ok(
             match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
                 Verdict::Admit(None) => None,
-                Verdict::Admit(Some(gate)) => {
-                    let permit = Bound::new(py, PermitPy::new(gate.clone()))?;
+                Verdict::Admit(Some((gate, ticket))) => {
+                    let permit = Bound::new(py, PermitPy::new(gate.clone(), ticket))?;
                     environ.set_item(intern!(py, PERMIT_KEY), permit)?;
                     None
                 }
