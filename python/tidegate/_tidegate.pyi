@@ -125,6 +125,14 @@ class AdaptiveGate:
     @property
     def min_limit(self) -> int: ...
     @property
+    def baseline(self) -> float | None:
+        """The no-load latency in seconds the algorithm compares with (Gradient2 and Vegas),
+        once measured."""
+
+    @property
+    def probing(self) -> bool:
+        """Whether the limit is held low right now to measure the baseline."""
+    @property
     def max_limit(self) -> int: ...
     @property
     def algorithm(self) -> str: ...

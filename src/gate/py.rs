@@ -247,6 +247,18 @@ impl AdaptiveGatePy {
         self.min_limit
     }
 
+    /// The no-load latency (seconds) the algorithm compares with, once it has one.
+    #[getter]
+    fn baseline(&self) -> Option<f64> {
+        self.gate.with_limiter(|l| l.baseline()).flatten()
+    }
+
+    /// Whether the limit is held low right now to measure the baseline.
+    #[getter]
+    fn probing(&self) -> bool {
+        self.gate.with_limiter(|l| l.probing()).unwrap_or(false)
+    }
+
     #[getter]
     fn max_limit(&self) -> usize {
         self.max_limit
