@@ -4,6 +4,7 @@ for a quiet machine, not facts a test run can rely on."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 pytestmark = pytest.mark.server
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, timeout: float = 90) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
@@ -66,6 +67,7 @@ def test_request_cost_prints_every_candidate_and_target() -> None:
     for label in (
         "careful pure-Python gate",
         "tidegate middleware",
+        "tidegate middleware, auto",
         "two empty Flask hooks",
         "seed Flask hooks",
         "tidegate Flask extension",
@@ -73,7 +75,19 @@ def test_request_cost_prints_every_candidate_and_target() -> None:
     ):
         assert len(table_row(output, label)) >= 1, label
     assert "(target <= 0.25)" in output and "(target <= 0.50)" in output
+    assert "x a fixed limit's (target <= 1.50)" in output
     assert output.rstrip().splitlines()[-1] in ("targets met", "TARGETS MISSED")
+
+
+def test_adaptive_prints_its_three_parts_and_the_targets() -> None:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("nginx is not installed (tools/test-servers.sh installs it)")
+    output = run_quick("adaptive.py", timeout=300)
+    assert "1. limit='auto'" in output and "N = 8: ungated" in output
+    assert "2. max_queue_time behind nginx" in output and "queue_gated:" in output
+    assert "3. priorities" in output and "critical:" in output
+    # Four auto-limit targets for the one pool size, two for queue time, one for priority.
+    assert output.count("target <=") + output.count("target >=") == 7
 
 
 def test_fleet_prints_its_three_parts_and_the_targets() -> None:
