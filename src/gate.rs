@@ -375,6 +375,9 @@ impl Adaptive {
         if let Some(limit) = changed {
             gate.limit.store(limit, Ordering::SeqCst);
             gate.wake_all();
+            if crate::metrics::enabled() {
+                crate::metrics::set_concurrency_limit(limit);
+            }
         }
     }
 
