@@ -3,6 +3,7 @@ by the standard library's threaded WSGI server on 127.0.0.1, and the parts the s
 
 from __future__ import annotations
 
+import queue
 import socketserver
 import threading
 import time
@@ -189,3 +190,32 @@ def start(folder: Path) -> tuple[Stage, Running]:
     stage.transitions.append(breaker.state)
     breaker.add_listener(stage.on_transition)
     return stage, running
+
+
+#: The database pool of the last scene: this many connections, each query this long.
+POOL_SIZE = 4
+POOL_QUERY_MS = 20
+
+
+class PoolApp:
+    """An app whose every request runs one query on a pool of ``POOL_SIZE`` connections: it
+    can do ``POOL_SIZE`` requests at once, and more only wait for a connection."""
+
+    def __init__(self) -> None:
+        self.pool: queue.Queue[int] = queue.Queue()
+        for connection in range(POOL_SIZE):
+            self.pool.put(connection)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        connection = self.pool.get()
+        try:
+            time.sleep(POOL_QUERY_MS / 1000)
+        finally:
+            self.pool.put(connection)
+        return _reply(start_response, "200 OK", b"queried")
+
+
+def serve_auto() -> tuple[TideGateMiddleware, Running]:
+    """The pool app behind ``limit="auto"``, nothing else configured, on a port of its own."""
+    app = TideGateMiddleware(PoolApp(), limit="auto", maintenance=False)
+    return app, _serve(app)
