@@ -179,8 +179,8 @@ impl AsgiCore {
         match config.decider.decide(py, exchange.as_any(), None, 0)? {
             Verdict::Admit(gate) => {
                 let this = exchange.get();
-                if gate.is_some() {
-                    *this.since.lock() = config.decider.since();
+                if let Some((_, ticket)) = &gate {
+                    *this.slot.lock() = Some((*ticket, config.decider.since()));
                 }
                 this.holds.store(gate.is_some(), Ordering::Release);
                 let started = config
@@ -231,8 +231,9 @@ impl AsgiCore {
         let view = Bound::new(py, Exchange::new(slf, scope, &py.None().into_bound(py)))?;
         Ok(match config.decider.decide(py, view.as_any(), None, 0)? {
             Verdict::Admit(None) => py.None(),
-            Verdict::Admit(Some(gate)) => {
-                { Bound::new(py, PermitPy::admitted(gate.clone(), config.decider.since()))? }
+            Verdict::Admit(Some((gate, ticket))) => {
+                let since = config.decider.since();
+                Bound::new(py, PermitPy::admitted(gate.clone(), ticket, since))?
                     .into_any()
                     .unbind()
             }
@@ -273,8 +274,9 @@ pub struct Exchange {
     send: Py<PyAny>,
     /// Whether this request holds a slot of the gate (until it goes back).
     holds: AtomicBool,
-    /// When the request was admitted, for the duration histogram (`None`: not timed).
-    since: Mutex<Option<std::time::Instant>>,
+    /// What its admission handed over, and when it was admitted (for the duration histogram;
+    /// `None`: not timed): given back with the slot.
+    slot: Mutex<Option<(crate::gate::Ticket, Option<std::time::Instant>)>>,
     /// Whether a response start went out to the server.
     started: AtomicBool,
     /// Whether the app's response is a 500, held back in `held`.
@@ -294,7 +296,7 @@ impl Exchange {
             scope: scope.clone().unbind(),
             send: send.clone().unbind(),
             holds: AtomicBool::new(false),
-            since: Mutex::new(None),
+            slot: Mutex::new(None),
             started: AtomicBool::new(false),
             holding: AtomicBool::new(false),
             answering: AtomicBool::new(false),
@@ -313,9 +315,11 @@ impl Exchange {
                 .get()
                 .and_then(|config| config.decider.gate.as_ref())
             {
-                gate.release();
+                if let Some((ticket, since)) = self.slot.lock().take() {
+                    gate.release(ticket);
+                    crate::decide::finished(since);
+                }
             }
-            crate::decide::finished(self.since.lock().take());
         }
     }
 

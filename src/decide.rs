@@ -8,15 +8,16 @@
 //! environ only when a decision needs them: the path always, the bypass facts only while
 //! maintenance is on, `Accept` only when refusing.
 //!
-//! Later inputs (queue time, priority) and other gates (adaptive, priority shares) belong here,
-//! between maintenance and the gate, so that no adapter changes when they arrive.
+//! After maintenance: queue time (only with `max_queue_time`: the `X-Request-Start` header,
+//! see [`queue`]), then the request's priority (only when priorities are in use) and the gate,
+//! fixed or adaptive, which the decision admits to the same way.
 //!
 //! Refusals are rendered by one renderer, `tidegate.responses.ErrorPages` (Python): the overload
 //! 503 ahead of time, one variant per Retry-After the jitter can pick; the others on demand,
 //! through the policy's callbacks. Every refusal is a `Rendered` that carries its reason and
 //! Retry-After.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,11 +27,12 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::accept::str_prefers_html;
 use crate::errors::config_error;
-use crate::gate::{Gate, GatePy, PermitPy};
+use crate::gate::{AnyGatePy, Gate, PermitPy, Ticket, WHOLE_SHARE};
 use crate::maintenance::{Maintenance, MaintenanceSwitchPy};
 use crate::metrics::{self, Outcome};
 
 mod py;
+pub mod queue;
 
 pub use py::{DecisionCore, PreprocessRequest, ProcessResponse};
 
@@ -38,6 +40,16 @@ pub use py::{DecisionCore, PreprocessRequest, ProcessResponse};
 pub const EXEMPT_GATE: u8 = 1;
 /// The request may skip maintenance (an exempt view).
 pub const EXEMPT_MAINTENANCE: u8 = 1 << 1;
+/// A view's priority, in the same flags: `PRIORITY_*` (or none of them: not marked).
+pub const PRIORITY_CRITICAL: u8 = 1 << 2;
+pub const PRIORITY_DEFAULT: u8 = 2 << 2;
+pub const PRIORITY_SHEDDABLE: u8 = 3 << 2;
+const PRIORITY_MASK: u8 = 3 << 2;
+
+/// The priority levels, as `priority` callables return them and `priority_shares` index them.
+pub const CRITICAL: usize = 0;
+pub const DEFAULT: usize = 1;
+pub const SHEDDABLE: usize = 2;
 
 /// One way of saying the overload 503 (for one Retry-After), ready for any adapter.
 pub struct Rendition {
@@ -57,8 +69,9 @@ pub struct Variant {
 
 /// What the decision says about one request.
 pub enum Verdict<'py> {
-    /// Pass to the app; holds a slot of this gate when there is one, to give back once.
-    Admit(Option<&'py Arc<Gate>>),
+    /// Pass to the app; holds a slot of this gate when there is one, to give back once (with
+    /// its ticket).
+    Admit(Option<(&'py Arc<Gate>, Ticket)>),
     /// Answer with this `Rendered` (a route of ours, or a refusal).
     Answer(Bound<'py, PyAny>),
     /// The overload 503: answer with this variant, as HTML when `html`.
@@ -85,6 +98,18 @@ pub struct Decider {
     /// never, otherwise whenever [`metrics::enabled`] (which `Some(true)` turned on).
     pub record: Option<bool>,
     seed: AtomicU64,
+    /// Requests that waited longer in front of the app (`X-Request-Start`) are shed.
+    max_queue_time: Option<f64>,
+    /// What the queue-time check measured, for whoever reports it.
+    pub queue_times: queue::QueueTimes,
+    /// `(environ) -> int`: the request's level (`CRITICAL`, `DEFAULT`, `SHEDDABLE`), from the
+    /// `priority` callable and the priority header; `None` when neither is configured.
+    priority: Option<Py<PyAny>>,
+    /// Thousandths of the limit each level may fill.
+    shares: [u32; 3],
+    /// Whether shares apply: priorities are configured, or a view marked with one was asked
+    /// for. Until then every request may fill the whole limit.
+    priorities: AtomicBool,
 }
 
 /// As Python hands the overload 503 over: one `(json, html)` pair of `Rendered` per
@@ -95,13 +120,21 @@ pub type OverloadRenditions = Vec<(Py<PyAny>, Py<PyAny>)>;
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
 pub struct DecisionConfig<'py> {
-    gate: Option<PyRef<'py, GatePy>>,
+    gate: Option<AnyGatePy<'py>>,
     maintenance: Option<PyRef<'py, MaintenanceSwitchPy>>,
     routes: Py<PyDict>,
     on_maintenance: Py<PyAny>,
     on_dependency: Py<PyAny>,
     overload: OverloadRenditions,
     metrics: Option<bool>,
+    /// Seconds, or `None`.
+    max_queue_time: Option<f64>,
+    /// `(environ) -> int` or `None`.
+    priority: Option<Py<PyAny>>,
+    /// Fractions of the limit for critical, default and sheddable requests.
+    priority_shares: (f64, f64, f64),
+    /// Whether shares apply from the start.
+    priorities: bool,
 }
 
 impl Decider {
@@ -114,7 +147,25 @@ impl Decider {
             on_dependency,
             overload,
             metrics: record,
+            max_queue_time,
+            priority,
+            priority_shares,
+            priorities,
         } = config;
+        if max_queue_time.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+            return Err(config_error(
+                "max_queue_time: must be a finite number of seconds > 0",
+            ));
+        }
+        let (critical, default, sheddable) = priority_shares;
+        let mut shares = [WHOLE_SHARE; 3];
+        for (slot, share) in shares.iter_mut().zip([critical, default, sheddable]) {
+            if !(share.is_finite() && share > 0.0 && share <= 1.0) {
+                return Err(config_error("priority_shares: each must be in (0, 1]"));
+            }
+            // Thousandths, at least one.
+            *slot = ((share * f64::from(WHOLE_SHARE)).round() as u32).max(1);
+        }
         if overload.is_empty() {
             return Err(config_error("overload: must hold at least one rendition"));
         }
@@ -142,11 +193,11 @@ impl Decider {
         }
         if record != Some(false) {
             if let Some(gate) = &gate {
-                metrics::set_concurrency_limit(gate.gate.limit());
+                metrics::set_concurrency_limit(gate.gate().limit());
             }
         }
         Ok(Self {
-            gate: gate.map(|g| g.gate.clone()),
+            gate: gate.map(|g| g.gate()),
             routes: routes.unbind(),
             route_lengths,
             maintenance: maintenance.map(|m| m.core.clone()),
@@ -155,6 +206,11 @@ impl Decider {
             variants,
             record,
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            max_queue_time,
+            queue_times: queue::QueueTimes::default(),
+            priority,
+            shares,
+            priorities: AtomicBool::new(priorities),
         })
     }
 
@@ -194,18 +250,47 @@ impl Decider {
                 return Ok(Verdict::Answer(answer));
             }
         }
-        let Some(gate) = self.gate.as_ref().filter(|_| exempt & EXEMPT_GATE == 0) else {
+        if exempt & EXEMPT_GATE != 0 {
             self.count(if self.gate.is_some() {
                 Outcome::Exempt
             } else {
                 Outcome::Admitted
             });
             return Ok(Verdict::Admit(None));
-        };
-        if gate.try_acquire() {
-            return Ok(Verdict::Admit(Some(gate)));
         }
-        self.count(Outcome::ShedOverload);
+        if let Some(limit) = self.max_queue_time {
+            if let Some(waited) = self.queue_time(py, environ, environ_dict)? {
+                if waited > limit {
+                    self.queue_times.refused.fetch_add(1, Ordering::Relaxed);
+                    self.count(Outcome::ShedQueueTime);
+                    return self.shed(py, environ, environ_dict);
+                }
+            }
+        }
+        let Some(gate) = self.gate.as_ref() else {
+            self.count(Outcome::Admitted);
+            return Ok(Verdict::Admit(None));
+        };
+        let share = self.share(environ, exempt)?;
+        if let Some(ticket) = gate.try_acquire_share(share) {
+            return Ok(Verdict::Admit(Some((gate, ticket))));
+        }
+        // Refused below the limit: its level's share was full.
+        self.count(if share < WHOLE_SHARE && gate.in_flight() < gate.limit() {
+            Outcome::ShedPriority
+        } else {
+            Outcome::ShedOverload
+        });
+        self.shed(py, environ, environ_dict)
+    }
+
+    /// The overload 503, in one of its variants.
+    fn shed<'py>(
+        &'py self,
+        py: Python<'py>,
+        environ: &Bound<'py, PyAny>,
+        environ_dict: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Verdict<'py>> {
         let variant = &self.variants[self.pick(self.variants.len())];
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
             Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
@@ -238,6 +323,64 @@ impl Decider {
         }
         metrics::admit();
         Some(Instant::now())
+    }
+
+    /// How long the request waited in front of the app by its `X-Request-Start`, when the
+    /// header says so believably; recorded in `queue_times` and in the environ
+    /// (`tidegate.queue_time`, seconds).
+    fn queue_time(
+        &self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyAny>,
+        environ_dict: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<f64>> {
+        let Some(header) = lookup(environ, environ_dict, intern!(py, "HTTP_X_REQUEST_START"))?
+        else {
+            return Ok(None);
+        };
+        let Ok(header) = header.cast::<PyString>() else {
+            return Ok(None);
+        };
+        let Ok(text) = header.to_cow() else {
+            return Ok(None);
+        };
+        let Some(waited) = queue::waited(&text, queue::now_epoch()) else {
+            return Ok(None);
+        };
+        self.queue_times.observe(waited);
+        if self.counting() {
+            metrics::observe_queue_time(std::time::Duration::from_secs_f64(waited.max(0.0)));
+        }
+        if let Some(dict) = environ_dict {
+            dict.set_item(intern!(py, QUEUE_TIME_KEY), waited)?;
+        }
+        Ok(Some(waited))
+    }
+
+    /// The share of the limit this request may fill: the whole of it until priorities are in
+    /// use; then its level's (a view's mark, else the `priority` callable and header).
+    fn share(&self, environ: &Bound<'_, PyAny>, exempt: u8) -> PyResult<u32> {
+        let marked = exempt & PRIORITY_MASK;
+        if marked != 0 {
+            if !self.priorities.load(Ordering::Relaxed) {
+                self.priorities.store(true, Ordering::Relaxed);
+            }
+            return Ok(self.shares[usize::from((marked >> 2) - 1)]);
+        }
+        if !self.priorities.load(Ordering::Relaxed) {
+            return Ok(WHOLE_SHARE);
+        }
+        let level = match &self.priority {
+            Some(priority) => priority
+                .bind(environ.py())
+                .call1((environ,))?
+                .extract::<usize>()
+                .ok()
+                .filter(|level| *level <= SHEDDABLE)
+                .unwrap_or(DEFAULT),
+            None => DEFAULT,
+        };
+        Ok(self.shares[level])
     }
 
     /// Whether `path` can name a route: a str (of a length some route has, when it is a plain
@@ -318,6 +461,9 @@ pub fn lookup<'py>(
         }
     }
 }
+
+/// Where the queue-time check leaves what it measured (seconds) in the environ.
+pub(crate) const QUEUE_TIME_KEY: &str = "tidegate.queue_time";
 
 /// Where an admitted request's permit waits in its environ.
 pub(crate) const PERMIT_KEY: &str = "tidegate.permit";

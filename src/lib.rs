@@ -30,7 +30,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::decide::{DecisionCore, PreprocessRequest, ProcessResponse};
     #[pymodule_export]
-    use crate::gate::{GatePy, PermitPy};
+    use crate::gate::{AdaptiveGatePy, GatePy, PermitPy};
     #[pymodule_export]
     use crate::maintenance::{
         drain_process_py, process_draining_py, undrain_process_py, write_atomic_py,
@@ -55,6 +55,9 @@ mod _tidegate {
         crate::metrics::prepare_module(m)?;
         m.add("EXEMPT_GATE", crate::decide::EXEMPT_GATE)?;
         m.add("EXEMPT_MAINTENANCE", crate::decide::EXEMPT_MAINTENANCE)?;
+        m.add("PRIORITY_CRITICAL", crate::decide::PRIORITY_CRITICAL)?;
+        m.add("PRIORITY_DEFAULT", crate::decide::PRIORITY_DEFAULT)?;
+        m.add("PRIORITY_SHEDDABLE", crate::decide::PRIORITY_SHEDDABLE)?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use crate::decide::{
     finished, header_list, is_head, take_permit, Decider, DecisionConfig, Verdict,
 };
 use crate::errors::{config_error, wsgi_arity};
-use crate::gate::Gate;
+use crate::gate::{Gate, Ticket};
 
 struct Config {
     app: Py<PyAny>,
@@ -91,7 +91,7 @@ impl MiddlewareCore {
             .decide(py, &environ, environ_dict.as_deref(), 0)?
         {
             Verdict::Admit(None) => this.call_app(py, config, args),
-            Verdict::Admit(Some(gate)) => {
+            Verdict::Admit(Some((gate, ticket))) => {
                 let since = config.decider.since();
                 match this.call_app(py, config, args) {
                     Ok(body) => {
@@ -100,13 +100,14 @@ impl MiddlewareCore {
                         let closing = ClosingBody {
                             inner: body,
                             slot: Slot::Middleware(slf.clone().unbind()),
+                            ticket,
                             released: AtomicBool::new(false),
                             since,
                         };
                         Ok(Bound::new(py, closing)?.into_any().unbind())
                     }
                     Err(err) => {
-                        gate.release();
+                        gate.release(ticket);
                         finished(since);
                         Err(err)
                     }
@@ -222,10 +223,11 @@ impl ReleasingApp {
         };
         let slot = take_permit(py, &environ)?.and_then(|permit| permit.get().take_slot());
         match (outcome, slot) {
-            (Ok(body), Some((gate, since))) => {
+            (Ok(body), Some((gate, ticket, since))) => {
                 let closing = ClosingBody {
                     inner: body.unbind(),
                     slot: Slot::Gate(gate),
+                    ticket,
                     released: AtomicBool::new(false),
                     since,
                 };
@@ -233,8 +235,8 @@ impl ReleasingApp {
             }
             (Ok(body), None) => Ok(body.unbind()),
             (Err(err), slot) => {
-                if let Some((gate, since)) = slot {
-                    gate.release();
+                if let Some((gate, ticket, since)) = slot {
+                    gate.release(ticket);
                     finished(since);
                 }
                 Err(err)
@@ -250,6 +252,8 @@ impl ReleasingApp {
 pub struct ClosingBody {
     inner: Py<PyAny>,
     slot: Slot,
+    /// What the admission handed over, given back with the slot.
+    ticket: Ticket,
     released: AtomicBool,
     /// When the request was admitted, for the duration histogram (`None`: not timed).
     since: Option<Instant>,
@@ -274,10 +278,10 @@ impl ClosingBody {
                         .get()
                         .and_then(|config| config.decider.gate.as_ref())
                     {
-                        gate.release();
+                        gate.release(self.ticket);
                     }
                 }
-                Slot::Gate(gate) => gate.release(),
+                Slot::Gate(gate) => gate.release(self.ticket),
             }
             finished(self.since);
         }

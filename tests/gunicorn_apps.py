@@ -2,14 +2,16 @@
 inside how many requests it is handling at once.
 
 The servers import them from the tests directory: ``gunicorn_apps:application``, whose limit
-is ``TIDEGATE_TEST_LIMIT`` (default 4); ``gunicorn_apps:ready_application``, the same app with
-readiness at ``/health`` and liveness at ``/health/live``; and
+is ``TIDEGATE_TEST_LIMIT`` (default 4; ``auto`` for an adaptive gate);
+``gunicorn_apps:ready_application``, the same app with readiness at ``/health`` and liveness
+at ``/health/live``; and
 ``gunicorn_apps:conformance_application``, which can give every kind of response (see
 ``conformance_app``): limit 1, health, and maintenance and drain from the state file named by
 ``TIDEGATE_TEST_STATE``; and ``gunicorn_apps:fleet_application`` (see ``fleet_app``), which
 follows the store URI in ``TIDEGATE_TEST_STORE`` for maintenance and drain. Routes:
 
-- ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``.
+- ``/work?ms=50``: holds for ``ms`` milliseconds, then answers ``done``; with ``pool=1`` it
+  holds one of 4 "connections" meanwhile, waiting for one when all are taken.
 - ``/stream?chunks=100&ms=10``: ``chunks`` chunks of ``tick\\n`` with ``ms`` milliseconds before
   each one after the first. The request counts as inside the app until the server calls the
   body's ``close()``, as PEP 3333 has it.
@@ -38,7 +40,9 @@ from tidegate.wsgi import TideGateMiddleware
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
+#: ``TIDEGATE_TEST_LIMIT=auto`` makes ``application``'s limit set itself (``limit="auto"``).
+_LIMIT_SETTING = os.environ.get("TIDEGATE_TEST_LIMIT", "4")
+LIMIT = 4 if _LIMIT_SETTING == "auto" else int(_LIMIT_SETTING)
 #: The state file ``conformance_application`` follows for maintenance and drain.
 STATE_ENV = "TIDEGATE_TEST_STATE"
 CHUNK = b"tick\n"
@@ -141,11 +145,20 @@ def measured_app(environ: WSGIEnvironment, start_response: StartResponse) -> Ite
         return body
     try:
         if path == "/work":
-            time.sleep(_number(query, "ms", 50) / 1000)
+            if "pool" in query:
+                # A pool of connections the middleware cannot see: requests beyond it queue.
+                with _POOL:
+                    time.sleep(_number(query, "ms", 50) / 1000)
+            else:
+                time.sleep(_number(query, "ms", 50) / 1000)
             return _text(start_response, "200 OK", b"done")
         return _text(start_response, "404 Not Found", b"no such route")
     finally:
         meter.leave()
+
+
+#: ``/work?pool=1``: the request holds one of 4 "database connections" while it works.
+_POOL = threading.Semaphore(4)
 
 
 def _stats(start_response: StartResponse) -> list[bytes]:
@@ -158,6 +171,8 @@ def _stats(start_response: StartResponse) -> list[bytes]:
         peak=gate.peak,
         admitted=gate.admitted,
         rejected=gate.rejected,
+        probing=getattr(gate, "probing", None),
+        baseline=getattr(gate, "baseline", None),
     )
     body = json.dumps(document).encode()
     start_response(
@@ -171,7 +186,11 @@ def _stats(start_response: StartResponse) -> list[bytes]:
     return [body]
 
 
-application = TideGateMiddleware(measured_app, limit=LIMIT, exempt_paths=[STATS_PATH])
+application = TideGateMiddleware(
+    measured_app,
+    limit="auto" if _LIMIT_SETTING == "auto" else LIMIT,
+    exempt_paths=[STATS_PATH],
+)
 
 ready_application = TideGateMiddleware(
     measured_app, limit=LIMIT, exempt_paths=[STATS_PATH], health=HealthChecks()

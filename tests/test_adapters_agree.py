@@ -1,6 +1,6 @@
 """Every adapter says a 503 the same way, to the byte.
 
-One table of requests (overload, maintenance, dependency; JSON and HTML; GET and HEAD) goes
+One table of requests (overload, maintenance, dependency, a stale queue time, a sheddable request
 through each adapter configured with the same options:
 
 - ``wsgi``: ``tidegate.wsgi.TideGateMiddleware`` around a plain WSGI app, called the way a server
@@ -23,7 +23,9 @@ Django's ``SecurityMiddleware`` and ``XFrameOptionsMiddleware`` put theirs on th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -44,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
+from tidegate import AdaptiveGate, CapacityGate, CircuitBreaker, MaintenanceSwitch
 from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
 from tidegate.flask import TideGate
 from tidegate.wsgi import TideGateMiddleware
@@ -249,7 +251,7 @@ def switch_on() -> MaintenanceSwitch:
 
 CASES = [
     pytest.param(reason, accept, method, id=f"{reason}-{kind}-{method}")
-    for reason in ("overload", "maintenance", "dependency")
+    for reason in ("overload", "maintenance", "dependency", "queue_time", "priority", "auto")
     for kind, accept in (("json", "application/json"), ("html", "text/html,*/*;q=0.8"))
     for method in ("GET", "HEAD")
 ]
@@ -264,29 +266,44 @@ def test_every_adapter_gives_the_same_503(
     switch_on: MaintenanceSwitch,
 ) -> None:
     options: dict[str, Any] = dict(SHARED)
+    headers = {"Accept": accept}
+    held = ExitStack()
     if reason == "overload":
         options.update(gate=held_gate, maintenance=False)
     elif reason == "maintenance":
         options.update(maintenance=switch_on)
+    elif reason == "queue_time":
+        # Five seconds in front of the app, by nginx's header.
+        options.update(maintenance=False, max_queue_time=0.5)
+        headers["X-Request-Start"] = f"t={time.time() - 5:.3f}"
+    elif reason == "priority":
+        # One of two slots taken: a sheddable request may fill only half the limit.
+        gate = CapacityGate(2)
+        held.enter_context(gate.try_acquire())  # type: ignore[arg-type]
+        options.update(gate=gate, maintenance=False, priority=lambda request: "sheddable")
+    elif reason == "auto":
+        # An adaptive gate starts with its limit held at 2 while it measures the service.
+        adaptive = AdaptiveGate()
+        for _ in range(adaptive.limit):
+            held.enter_context(adaptive.try_acquire())  # type: ignore[arg-type]
+        options.update(gate=adaptive, maintenance=False)
     else:
         options.update(maintenance=False)
     path = "/dependency" if reason == "dependency" else "/"
-    answers = {
-        name: adapter(options)(method, path, {"Accept": accept})
-        for name, adapter in ADAPTERS.items()
-    }
+    with held:
+        answers = {
+            name: adapter(options)(method, path, headers) for name, adapter in ADAPTERS.items()
+        }
 
     reference = answers["wsgi"]
-    assert reference.status == "503 Service Unavailable"
+    assert reference.status == "503 Service Unavailable", reference
     headers = dict(reference.headers)
     assert headers["cache-control"] == "no-store"
     assert headers["content-type"].startswith(
         "text/html" if "html" in accept else "application/json"
     )
-    assert (
-        int(headers["retry-after"])
-        == {"overload": 2, "maintenance": 300, "dependency": 900}[reason]
-    )
+    retry_after = {"maintenance": 300, "dependency": 900}.get(reason, 2)
+    assert int(headers["retry-after"]) == retry_after
     if method == "HEAD":
         assert reference.body == b""
         assert int(headers["content-length"]) > 0, "HEAD says the GET's length"

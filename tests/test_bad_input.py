@@ -118,6 +118,50 @@ CONFIGURATION: dict[str, list[Row]] = {
             ),
         ),
     ],
+    "AdaptiveGate": [
+        Row("AdaptiveGate(initial=0)", "ValueError: initial: must be an integer >= 1, got 0"),
+        Row("AdaptiveGate(initial=True)", "TypeError: initial: must be an int, got True"),
+        Row("AdaptiveGate(initial=2.5)", "TypeError: initial: must be an int, got float"),
+        Row("AdaptiveGate(initial=None)", "accepted"),
+        Row("AdaptiveGate(min_limit=0)", "ValueError: min_limit: must be an integer >= 1, got 0"),
+        Row(
+            "AdaptiveGate(min_limit=30)",
+            "ValueError: initial: must be between min_limit (30) and max_limit (1000), got 20",
+        ),
+        Row(
+            "AdaptiveGate(max_limit=10)",
+            "ValueError: initial: must be between min_limit (1) and max_limit (10), got 20",
+        ),
+        Row(
+            "AdaptiveGate(min_limit=5, max_limit=4, initial=5)",
+            "ValueError: max_limit: must be >= min_limit (5), got 4",
+        ),
+        Row(
+            "AdaptiveGate(max_limit=2**64)",
+            "ValueError: max_limit: is too large: 18446744073709551616",
+        ),
+        Row(
+            "AdaptiveGate(algorithm='netflix')",
+            "ValueError: algorithm: must be 'gradient2', 'aimd' or 'vegas', got \"netflix\"",
+        ),
+        Row("AdaptiveGate(algorithm=None)", "accepted"),
+        Row(
+            "AdaptiveGate(algorithm=2)",
+            "TypeError: algorithm: must be 'gradient2', 'aimd' or 'vegas', got 2",
+        ),
+        Row(
+            "AdaptiveGate(20)",
+            "TypeError: AdaptiveGate.__new__() takes 0 positional arguments but 1 was given",
+        ),
+        Row(
+            "g = AdaptiveGate(); g.limit = 5",
+            (
+                "AttributeError: attribute 'limit' of 'tidegate._tidegate.AdaptiveGate' objects "
+                "is not writable"
+            ),
+        ),
+        Row("result = AdaptiveGate(algorithm='aimd', initial=7).limit", "7"),
+    ],
     "RetryAfter": [
         Row("RetryAfter.after(-1)", "ValueError: seconds: must be a finite number >= 0, got -1"),
         Row(
@@ -834,12 +878,108 @@ CONFIGURATION: dict[str, list[Row]] = {
             "TideGateMiddleware(app, limit=0)",
             "ValueError: limit: must be an integer >= 1, got 0",
         ),
-        Row("TideGateMiddleware(app, limit='8')", "TypeError: limit: must be an int, got str"),
+        Row(
+            "TideGateMiddleware(app, limit='8')",
+            "TypeError: limit: must be an int or 'auto', got '8'",
+        ),
+        Row(
+            "TideGateMiddleware(app, limit='AUTO')",
+            "TypeError: limit: must be an int or 'auto', got 'AUTO'",
+        ),
+        Row(
+            "TideGateMiddleware(app, limit='auto', gate=AdaptiveGate())",
+            "ValueError: limit: give either limit or gate, not both",
+        ),
+        Row("result = TideGateMiddleware(app, limit='auto').gate.algorithm", "gradient2"),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=0)",
+            "ValueError: max_queue_time: must be seconds > 0 and at most 600, got 0",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=-1)",
+            "ValueError: max_queue_time: must be seconds > 0 and at most 600, got -1",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=math.nan)",
+            "ValueError: max_queue_time: must be seconds > 0 and at most 600, got nan",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=math.inf)",
+            "ValueError: max_queue_time: must be seconds > 0 and at most 600, got inf",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=3600)",
+            "ValueError: max_queue_time: must be seconds > 0 and at most 600, got 3600",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time='0.5')",
+            "TypeError: max_queue_time: must be a number of seconds or None, got '0.5'",
+        ),
+        Row(
+            "TideGateMiddleware(app, max_queue_time=True)",
+            "TypeError: max_queue_time: must be a number of seconds or None, got True",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority='critical')",
+            "TypeError: priority: must be a callable of the request or None, got 'critical'",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'sheddable': 0})",
+            "ValueError: priority_shares: sheddable must be a fraction in (0, 1], got 0",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'sheddable': 1.5})",
+            "ValueError: priority_shares: sheddable must be a fraction in (0, 1], got 1.5",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'sheddable': math.nan})",
+            "ValueError: priority_shares: sheddable must be a fraction in (0, 1], got nan",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'sheddable': '0.5'})",
+            "TypeError: priority_shares: sheddable must be a number, got '0.5'",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'low': 0.5})",
+            (
+                "ValueError: priority_shares: levels are 'critical', 'default' and 'sheddable', "
+                "got 'low'"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares={'default': 0.4})",
+            (
+                "ValueError: priority_shares: must not give a lower level more of the limit than "
+                "a higher one, got {'critical': 1.0, 'default': 0.4, 'sheddable': 0.5}"
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_shares=[0.5])",
+            (
+                "TypeError: priority_shares: must be a dict of level -> fraction of the limit, "
+                'such as {"sheddable": 0.5}, got [0.5]'
+            ),
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_header='')",
+            "ValueError: priority_header: must be a header name, got ''",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_header='X Priority')",
+            "ValueError: priority_header: must be a header name, got 'X Priority'",
+        ),
+        Row(
+            "TideGateMiddleware(app, priority_header=5)",
+            "TypeError: priority_header: must be a str, got 5",
+        ),
         Row(
             "TideGateMiddleware(app, limit=2, gate=CapacityGate(2))",
             "ValueError: limit: give either limit or gate, not both",
         ),
-        Row("TideGateMiddleware(app, gate=3)", "TypeError: gate: must be a CapacityGate, got 3"),
+        Row(
+            "TideGateMiddleware(app, gate=3)",
+            "TypeError: gate: must be a CapacityGate or an AdaptiveGate, got 3",
+        ),
         Row(
             "TideGateMiddleware(app, maintenance=42)",
             (
@@ -1343,6 +1483,55 @@ CLIENT: dict[str, list[Row]] = {
             "503 maintenance, JSON",
         ),
     ],
+    "X-Request-Start (max_queue_time=0.5)": [
+        Row("result = queued_request(waited=2.0)", "503 overload, JSON"),
+        Row("result = queued_request(waited=0.1)", "200 from the app"),
+        Row("result = queued_request(waited=2.0, unit='ms')", "503 overload, JSON"),
+        Row("result = queued_request(waited=2.0, unit='us')", "503 overload, JSON"),
+        Row("result = queued_request(waited=0.1, unit='us')", "200 from the app"),
+        Row("result = queued_request(waited=-0.5)", "200 from the app"),
+        Row("result = queued_request(waited=-3600)", "200 from the app"),
+        Row("result = queued_request(waited=86400)", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=abc')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=-5')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=1e9')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=0')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=' + '9' * 400)", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='t=1.2.3')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START='\\ud800')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START=b't=1')", "200 from the app"),
+        Row("result = queued_request(HTTP_X_REQUEST_START=12)", "200 from the app"),
+    ],
+    "Priority header (X-Priority; limit 4, 2 in flight)": [
+        Row("result = half_full_request()", "200 from the app"),
+        Row("result = half_full_request(HTTP_X_PRIORITY='sheddable')", "200 from the app"),
+        Row(
+            "result = half_full_request(HTTP_X_PRIORITY='sheddable', REMOTE_ADDR='10.1.2.3')",
+            "503 overload, JSON",
+        ),
+        Row(
+            "result = half_full_request(HTTP_X_PRIORITY=' Sheddable ', REMOTE_ADDR='10.1.2.3')",
+            "503 overload, JSON",
+        ),
+        Row(
+            "result = half_full_request(HTTP_X_PRIORITY='bogus', REMOTE_ADDR='10.1.2.3')",
+            "200 from the app",
+        ),
+        Row(
+            "result = half_full_request(HTTP_X_PRIORITY='\\ud800', REMOTE_ADDR='10.1.2.3')",
+            "200 from the app",
+        ),
+        Row(
+            "result = half_full_request(HTTP_X_PRIORITY=b'sheddable', REMOTE_ADDR='10.1.2.3')",
+            "200 from the app",
+        ),
+        Row(
+            "result = half_full_request(priority=lambda environ: 'sheddable')", "503 overload, JSON"
+        ),
+        Row("result = half_full_request(priority=lambda environ: 42)", "200 from the app"),
+        Row("result = half_full_request(priority=lambda environ: 1 / 0)", "200 from the app"),
+    ],
     "Path and method": [
         Row("result = full_gate_request(PATH_INFO='/health')", "200 from the app"),
         Row("result = full_gate_request(PATH_INFO='/health/')", "503 overload, JSON"),
@@ -1661,6 +1850,41 @@ def full_gate_request(**environ: Any) -> str:
         held.close()
 
 
+def queued_request(waited: float | None = None, unit: str = "s", **environ: Any) -> str:
+    """A request with ``max_queue_time=0.5`` that waited ``waited`` seconds by its
+    ``X-Request-Start`` (nginx's seconds, or Heroku's milliseconds, or Apache's
+    microseconds), or carries the header given."""
+    if waited is not None:
+        start = time.time() - waited
+        value = {
+            "s": f"t={start:.3f}",
+            "ms": f"{start * 1e3:.0f}",
+            "us": f"t={start * 1e6:.0f}",
+        }[unit]
+        environ["HTTP_X_REQUEST_START"] = value
+    mw = TideGateMiddleware(wsgi_app, max_queue_time=0.5, pages=REASON_PAGE)
+    return describe(mw, environ)
+
+
+def half_full_request(priority: Any = None, **environ: Any) -> str:
+    """A request while 2 of 4 slots are taken, with the priority header ``X-Priority``
+    honoured from ``10.0.0.0/8``: a sheddable request may fill half the limit."""
+    mw = TideGateMiddleware(
+        wsgi_app,
+        limit=4,
+        pages=REASON_PAGE,
+        priority=priority,
+        priority_header="X-Priority",
+        bypass_networks=["10.0.0.0/8"],
+    )
+    held = [mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *args: None) for _ in range(2)]
+    try:
+        return describe(mw, environ)
+    finally:
+        for body in held:
+            body.close()
+
+
 def django_middleware(setting: object) -> Any:
     """The Django middleware, built with ``settings.TIDEGATE = setting``."""
     import django_site  # noqa: F401  (configures Django)
@@ -1825,6 +2049,8 @@ def namespace() -> dict[str, Any]:
         "maintenance_request": maintenance_request,
         "behind_one_proxy": behind_one_proxy,
         "full_gate_request": full_gate_request,
+        "queued_request": queued_request,
+        "half_full_request": half_full_request,
         "parse": parse,
         "state_file_says": state_file_says,
         "cli": cli,

@@ -4,6 +4,7 @@ for a quiet machine, not facts a test run can rely on."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 pytestmark = pytest.mark.server
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, timeout: float = 90) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
@@ -66,6 +67,7 @@ def test_request_cost_prints_every_candidate_and_target() -> None:
     for label in (
         "careful pure-Python gate",
         "tidegate middleware",
+        "tidegate middleware, auto",
         "two empty Flask hooks",
         "seed Flask hooks",
         "tidegate Flask extension",
@@ -73,7 +75,19 @@ def test_request_cost_prints_every_candidate_and_target() -> None:
     ):
         assert len(table_row(output, label)) >= 1, label
     assert "(target <= 0.25)" in output and "(target <= 0.50)" in output
+    assert "x a fixed limit's (target <= 1.50)" in output
     assert output.rstrip().splitlines()[-1] in ("targets met", "TARGETS MISSED")
+
+
+def test_adaptive_prints_its_three_parts_and_the_targets() -> None:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("nginx is not installed (tools/test-servers.sh installs it)")
+    output = run_quick("adaptive.py", timeout=300)
+    assert "1. limit='auto'" in output and "N = 8: ungated" in output
+    assert "2. max_queue_time behind nginx" in output and "queue_gated:" in output
+    assert "3. priorities" in output and "critical:" in output
+    # Four auto-limit targets for the one pool size, two for queue time, one for priority.
+    assert output.count("target <=") + output.count("target >=") == 7
 
 
 def test_fleet_prints_its_three_parts_and_the_targets() -> None:
@@ -109,7 +123,9 @@ def test_asgi_overload_prints_every_case_and_the_targets() -> None:
     header = table_row(output, " " * 26)
     assert " ".join(header) == "ungated uvicorn limit 8 uvicorn limit 72 tidegate limit=8"
     successes = table_row(output, "successes/s")
-    assert len(successes) == 4 and all(float(cell) > 0 for cell in successes)
+    # Uvicorn's limit of 8 may serve nothing at all in a window this short.
+    assert len(successes) == 4 and float(successes[1]) >= 0
+    assert all(float(successes[case]) > 0 for case in (0, 2, 3))
     sheds = table_row(output, "503s/s")
     assert sheds[0] == "0" and float(sheds[1]) > 0 and float(sheds[3]) > 0
     hinted = table_row(output, "503s with Retry-After %")

@@ -83,6 +83,8 @@ def test_the_demo_prints_what_clients_saw(
         "dependency down",
         "dependency back",
         "draining",
+        "auto: finding",
+        "auto: found",
     ]
     # cells: scene, requests, 200, 503s (reason), other, Retry-After, 200 p50/p99, 503 p50/p99,
     # /health
@@ -96,8 +98,13 @@ def test_the_demo_prints_what_clients_saw(
     assert rows["draining"][-1] == "503 draining"
     assert rows["draining"][2] == rows["draining"][1]
     # One takeaway per scene, then the log the operator would have seen.
-    for number in range(1, 6):
+    for number in range(1, 7):
         assert re.search(rf"^{number} [a-z ]+: .+", done.stdout, re.MULTILINE)
+    # limit="auto" found the pool of 4 from its default of 20 (bounds as benchmarks/adaptive.py
+    # checks them: within [0.75 N, 2 N]).
+    found = re.search(r"the limit settled at (\d+)-(\d+) in", done.stdout)
+    assert found is not None, done.stdout
+    assert int(found[1]) >= 3 and int(found[2]) <= 8, found[0]
     assert "closed -> open" in done.stdout and "half_open -> closed" in done.stdout
     # The takeaway tells what the log tells: how many failures opened the breaker, and that
     # the rest of the table's slow 500s were calls already under way.

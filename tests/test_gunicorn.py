@@ -26,6 +26,7 @@ from servers import (
     Response,
     ServerError,
     settled,
+    stats,
     until_served,
 )
 
@@ -176,3 +177,30 @@ def test_stopping_leaves_no_process_behind() -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert server.returncode == 0
+
+
+def test_an_auto_limit_finds_what_the_app_can_take(start_gunicorn: Start) -> None:
+    """``limit="auto"`` under Gunicorn: the app (one worker, 32 threads, 20 ms a request,
+    but only 4 at once without queueing: a pool the middleware cannot see) is driven by 32
+    clients; the limit leaves its starting probe, comes down from the initial 20 towards
+    what the app takes, and every permit comes back."""
+    server = start_gunicorn(
+        APP, worker_class="gthread", threads=32, env={"TIDEGATE_TEST_LIMIT": "auto"}
+    )
+    first = stats(server)
+    assert first["probing"] is True and first["limit"] == 2, first
+    replies = until_served(server, "/work?ms=20&pool=1", clients=CLIENTS, times=15, seconds=60)
+    codes = Counter(reply.status for reply in replies)
+    assert codes[200] == CLIENTS * 15
+    for reply in replies:
+        if reply.status == 503:
+            assert_full_503(reply.status, reply.reason, reply.headers, reply.body)
+    final = settled(server)
+    assert final["probing"] is False, final
+    assert 0.015 <= final["baseline"] <= 0.1, final
+    # Admitted requests are the samples; the 503s and the stats requests are not.
+    assert final["admitted"] == codes[200]
+    assert final["rejected"] == codes[503]
+    assert final["entered"] == codes[200], "a shed request reached the app"
+    assert 2 <= final["limit"] <= 12, final
+    assert_clean_log(server)

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 from servers import GunicornServer, ServerError
 
-from tidegate import _tidegate, metrics
+from tidegate import CircuitBreaker, _tidegate, metrics
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -106,7 +106,7 @@ _LABELS_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from test_metrics import PROMETHEUS_ACCEPT, parse
-from tidegate import _tidegate, metrics
+from tidegate import CircuitBreaker, _tidegate, metrics
 
 _tidegate.metrics_set_gauge("concurrency_limit", 12)
 _tidegate.metrics_set_gauge("maintenance_active", 1)
@@ -467,3 +467,45 @@ def test_gunicorn_refuses_to_start_with_an_unusable_metrics_dir(tmp_path: Path) 
         failure.value
     )
     assert server.returncode == 1
+
+
+@pytest.mark.server
+def test_two_servers_on_one_metrics_dir_keep_their_own_counts(tmp_path: Path) -> None:
+    """Two Gunicorn servers given the same TIDEGATE_METRICS_DIR each make a file of their own:
+    neither counts the other's requests."""
+    servers = [
+        GunicornServer(
+            "metrics_app:application",
+            worker_class="sync",
+            workers=2,
+            config="python:tidegate.gunicorn",
+            env={metrics.METRICS_DIR_ENV: str(tmp_path)},
+        )
+        for _ in range(2)
+    ]
+    with servers[0], servers[1]:
+        assert len(list(tmp_path.iterdir())) == 2
+        for count, server in zip((3, 5), servers):
+            for _ in range(count):
+                assert server.fetch("/work").status == 200
+        for count, server in zip((3, 5), servers):
+            samples = counters(parse(server.fetch("/metrics").body))
+            assert requests(samples, "admitted", "none") == count
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_grafana_dashboard_asks_only_for_series_tidegate_serves() -> None:
+    import json
+    import re
+
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs
+    breaker = CircuitBreaker("dashboard-db")  # breaker series exist once there is a breaker
+    served = {name for name, _ in parse(metrics.render()[1])}
+    for expr in exprs:
+        for name in re.findall(r"tidegate_\w+", expr):
+            assert name in served, (name, expr)
+    assert breaker.state == "closed"

@@ -385,3 +385,26 @@ def test_the_draining_fixture_keeps_a_drain_that_was_there(pytester: pytest.Pyte
     )
     pytester.runpytest().assert_outcomes(passed=4)
     assert not process_draining()
+
+
+def test_at_capacity_fills_a_limit_that_sets_itself(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from tidegate.wsgi import TideGateMiddleware
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        wrapped = TideGateMiddleware(app, limit="auto")
+
+        def test_full(tidegate_at_capacity):
+            gate = tidegate_at_capacity(wrapped)
+            assert gate.in_flight == gate.limit
+            assert gate.try_acquire() is None
+
+        def test_after():
+            assert wrapped.gate.in_flight == 0
+        """
+    )
+    pytester.runpytest("-p", "tidegate.pytest_plugin").assert_outcomes(passed=2)

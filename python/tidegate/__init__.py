@@ -5,6 +5,7 @@ dependency is down, drain during deploys, and always say when to come back (``Re
 """
 
 from tidegate._tidegate import (
+    AdaptiveGate,
     CapacityGate,
     MaintenanceStatus,
     MaintenanceSwitch,
@@ -19,6 +20,7 @@ from tidegate.breaker import CircuitBreaker, CircuitOpenError
 from tidegate.health import HealthChecks
 
 __all__ = [
+    "AdaptiveGate",
     "CapacityGate",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 if TYPE_CHECKING:
-    from tidegate._tidegate import CapacityGate, MaintenanceSwitch
+    from tidegate._tidegate import AdaptiveGate, CapacityGate, MaintenanceSwitch
     from tidegate.health import HealthChecks
     from tidegate.responses import ErrorPages
 
@@ -43,8 +43,8 @@ MaintenanceOption = Union["MaintenanceSwitch", str, "os.PathLike[str]", Literal[
 class Options(TypedDict, total=False):
     """The options, by name and type. Defaults are in :data:`DEFAULTS`."""
 
-    limit: int | None
-    gate: CapacityGate | None
+    limit: int | Literal["auto"] | None
+    gate: CapacityGate | AdaptiveGate | None
     maintenance: MaintenanceOption
     exempt_paths: Iterable[str] | None
     health: HealthChecks | None
@@ -63,6 +63,10 @@ class Options(TypedDict, total=False):
     metrics_path: str | None
     metrics: bool | None
     gate_websockets: bool
+    max_queue_time: float | None
+    priority: Callable[[Any], str] | None
+    priority_shares: Mapping[str, float] | None
+    priority_header: str | None
 
 
 #: Each option's value when it is not given (checked against :class:`Options` by mypy).
@@ -87,6 +91,10 @@ DEFAULTS: Options = {
     "metrics_path": None,
     "metrics": None,
     "gate_websockets": False,
+    "max_queue_time": None,
+    "priority": None,
+    "priority_shares": None,
+    "priority_header": None,
 }
 
 #: The option names, in the order the documentation gives them.

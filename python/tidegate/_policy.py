@@ -8,6 +8,7 @@ Every adapter builds one :class:`Policy` from its options and hands the decision
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -15,11 +16,11 @@ import logging
 import math
 import os
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
-from tidegate._tidegate import CapacityGate, MaintenanceSwitch, process_draining
+from tidegate._tidegate import AdaptiveGate, CapacityGate, MaintenanceSwitch, process_draining
 from tidegate.metrics import render as metrics_render
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
@@ -27,7 +28,15 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from typing_extensions import Unpack
 
-__all__ = ["DEFAULT_HEALTH_PATHS", "OPTION_NAMES", "MaintenanceOption", "Policy", "PolicyParts"]
+__all__ = [
+    "DEFAULT_HEALTH_PATHS",
+    "DEFAULT_PRIORITY_SHARES",
+    "LEVELS",
+    "OPTION_NAMES",
+    "MaintenanceOption",
+    "Policy",
+    "PolicyParts",
+]
 
 #: Paths never gated nor put in maintenance unless ``exempt_paths`` says otherwise.
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
@@ -36,6 +45,19 @@ logger = logging.getLogger("tidegate")
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+#: The priority levels, as the decision core numbers them.
+LEVELS = {"critical": 0, "default": 1, "sheddable": 2}
+
+#: How much of the limit each level may fill while priorities are in use: a sheddable request
+#: is refused once half the limit is busy, a default one at 90 %, a critical one only when the
+#: whole limit is.
+DEFAULT_PRIORITY_SHARES = {"critical": 1.0, "default": 0.9, "sheddable": 0.5}
+
+#: Longer than this, ``max_queue_time`` could never be exceeded: the core takes a longer wait
+#: for clocks that disagree.
+MAX_QUEUE_TIME = 600.0
 
 
 def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -86,13 +108,75 @@ def _networks(value: object) -> tuple[_Network, ...]:
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
-def _header_name(value: object) -> str:
+def _header_name(value: object, option: str = "bypass_header") -> str:
     if not isinstance(value, str):
-        raise TypeError(f"bypass_header: must be a str, got {value!r}")
+        raise TypeError(f"{option}: must be a str, got {value!r}")
     name = value.strip()
     if not name or not set(name) <= _TOKEN_CHARS:
-        raise ValueError(f"bypass_header: must be a header name, got {value!r}")
+        raise ValueError(f"{option}: must be a header name, got {value!r}")
     return name
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _gate(limit: object, gate: object) -> CapacityGate | AdaptiveGate | None:
+    if limit is not None and gate is not None:
+        raise ValueError("limit: give either limit or gate, not both")
+    if gate is not None:
+        if not isinstance(gate, (CapacityGate, AdaptiveGate)):
+            raise TypeError(f"gate: must be a CapacityGate or an AdaptiveGate, got {gate!r}")
+        return gate
+    if limit is None:
+        return None
+    if isinstance(limit, str):
+        if limit != "auto":
+            raise TypeError(f"limit: must be an int or 'auto', got {limit!r}")
+        return AdaptiveGate()
+    return CapacityGate(limit)  # type: ignore[arg-type]
+
+
+def _queue_time(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"max_queue_time: must be a number of seconds or None, got {value!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_QUEUE_TIME):
+        raise ValueError(
+            f"max_queue_time: must be seconds > 0 and at most {MAX_QUEUE_TIME:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def _shares(value: object) -> tuple[float, float, float]:
+    shares = dict(DEFAULT_PRIORITY_SHARES)
+    if value is not None:
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                "priority_shares: must be a dict of level -> fraction of the limit, such as "
+                f'{{"sheddable": 0.5}}, got {value!r}'
+            )
+        for level, share in value.items():
+            if level not in LEVELS:
+                raise ValueError(
+                    "priority_shares: levels are 'critical', 'default' and 'sheddable', "
+                    f"got {level!r}"
+                )
+            if isinstance(share, bool) or not isinstance(share, (int, float)):
+                raise TypeError(f"priority_shares: {level} must be a number, got {share!r}")
+            if not (math.isfinite(share) and 0 < share <= 1):
+                raise ValueError(
+                    f"priority_shares: {level} must be a fraction in (0, 1], got {share!r}"
+                )
+            shares[level] = float(share)
+    ordered = (shares["critical"], shares["default"], shares["sheddable"])
+    if not ordered[0] >= ordered[1] >= ordered[2]:
+        raise ValueError(
+            "priority_shares: must not give a lower level more of the limit than a higher one, "
+            f"got {shares!r}"
+        )
+    return ordered
 
 
 def _secret(value: object) -> bytes:
@@ -169,11 +253,7 @@ class Policy:
         messages, template = options["messages"], options["template"]
         status_url, pages = options["status_url"], options["pages"]
         bypass_header, bypass_token = options["bypass_header"], options["bypass_token"]
-        if limit is not None and gate is not None:
-            raise ValueError("limit: give either limit or gate, not both")
-        if gate is not None and not isinstance(gate, CapacityGate):
-            raise TypeError(f"gate: must be a CapacityGate, got {gate!r}")
-        self.gate = CapacityGate(limit) if limit is not None else gate
+        self.gate = _gate(limit, gate)
         self.retry_after = _whole("retry_after", options["retry_after"], 0, 2**31)
         self.retry_jitter = _whole("retry_jitter", options["retry_jitter"], 0, 300)
         if pages is not None:
@@ -219,8 +299,30 @@ class Policy:
         self._bypass_key: str | None = None
         self._bypass_token: bytes | None = None
         if bypass_header is not None:
-            self._bypass_key = "HTTP_" + _header_name(bypass_header).upper().replace("-", "_")
+            self._bypass_key = _environ_key(_header_name(bypass_header))
             self._bypass_token = _secret(bypass_token)
+        self.max_queue_time = _queue_time(options["max_queue_time"])
+        priority = options["priority"]
+        if priority is not None and not callable(priority):
+            raise TypeError(
+                f"priority: must be a callable of the request or None, got {priority!r}"
+            )
+        self.priority = priority
+        self.priority_shares = _shares(options["priority_shares"])
+        priority_header = options["priority_header"]
+        self.priority_header: str | None = None
+        self._priority_key: str | None = None
+        if priority_header is not None:
+            self.priority_header = _header_name(priority_header, "priority_header")
+            self._priority_key = _environ_key(self.priority_header)
+        #: Shares apply from the start when priorities are configured (a marked view turns
+        #: them on when it is first asked for).
+        self.priorities = (
+            priority is not None
+            or priority_header is not None
+            or options["priority_shares"] is not None
+        )
+        self._priority_failed = False
         # Rendered once: shedding must cost less than serving.
         self._overload = [
             (
@@ -232,9 +334,13 @@ class Policy:
 
     # -- what the decision core is configured with ---------------------------------------
 
-    def core_config(self) -> dict[str, Any]:
+    def core_config(
+        self, request_of: Callable[[WSGIEnvironment], object] | None = None
+    ) -> dict[str, Any]:
         """The decision core's configuration: the gate and switch, the routes of ours (health
-        answers; ``None`` for a path that is only exempt), and the renderer's callbacks."""
+        answers; ``None`` for a path that is only exempt), the renderer's callbacks, queue time
+        and priorities. ``request_of`` gives the ``priority`` callable its argument (the
+        framework's request) from the environ; by default the environ itself."""
         routes: dict[str, Any] = dict.fromkeys(self.exempt_paths)
         if self.health is not None:
             routes[self.health_path] = self.health_response
@@ -249,6 +355,14 @@ class Policy:
             "on_dependency": self.dependency_response,
             "overload": self._overload,
             "metrics": self.metrics,
+            "max_queue_time": self.max_queue_time,
+            "priority": (
+                functools.partial(self.priority_level, request_of or _same)
+                if self.priority is not None or self._priority_key is not None
+                else None
+            ),
+            "priority_shares": self.priority_shares,
+            "priorities": self.priorities,
         }
 
     # -- what the decision asks --------------------------------------------------------
@@ -344,6 +458,39 @@ class Policy:
         headers.append(("Retry-After", str(seconds)))
         return Rendered(STATUS, headers, body, retry_after=seconds)
 
+    def priority_level(
+        self, request_of: Callable[[WSGIEnvironment], object], environ: WSGIEnvironment
+    ) -> int:
+        """The request's level (see :data:`LEVELS`): the priority header's when it is set and
+        comes from a trusted proxy or a bypass network, else what the ``priority`` callable
+        says; ``default`` for anything else, an error of the callable's included (logged
+        once)."""
+        if self._priority_key is not None and (
+            self.trusted_proxies > 0 or self.in_bypass_network(environ)
+        ):
+            offered = environ.get(self._priority_key)
+            if isinstance(offered, str):
+                level = LEVELS.get(offered.strip().lower())
+                if level is not None:
+                    return level
+        if self.priority is None:
+            return 1
+        try:
+            named = self.priority(request_of(environ))
+        except Exception:
+            if not self._priority_failed:
+                self._priority_failed = True
+                logger.exception("priority: the callable raised; such requests count as default")
+            return 1
+        return LEVELS.get(named, 1) if isinstance(named, str) else 1
+
+    def in_bypass_network(self, environ: WSGIEnvironment) -> bool:
+        """Whether the client address is in ``bypass_networks``."""
+        if not self.bypass_networks:
+            return False
+        address = self.client_address(environ)
+        return address is not None and any(address in net for net in self.bypass_networks)
+
     def bypassed(self, environ: WSGIEnvironment) -> bool:
         """Whether this request may pass through maintenance."""
         if self._bypass_key is not None and self._bypass_token is not None:
@@ -353,11 +500,7 @@ class Policy:
                 offered.encode("utf-8", "surrogatepass"), self._bypass_token
             ):
                 return True
-        if self.bypass_networks:
-            address = self.client_address(environ)
-            if address is not None and any(address in net for net in self.bypass_networks):
-                return True
-        return False
+        return self.in_bypass_network(environ)
 
     def client_address(self, environ: WSGIEnvironment) -> _Address | None:
         """The peer address, or with ``trusted_proxies`` = N the address N hops back in
@@ -382,6 +525,10 @@ class Policy:
         return address
 
 
+def _same(environ: WSGIEnvironment) -> object:
+    return environ
+
+
 class PolicyParts:
     """The parts every adapter shows its users, read off its :class:`Policy`."""
 
@@ -389,7 +536,8 @@ class PolicyParts:
 
     @property
     def gate(self) -> Any:
-        """The :class:`~tidegate.CapacityGate` in use, or ``None``."""
+        """The :class:`~tidegate.CapacityGate` or :class:`~tidegate.AdaptiveGate` in use, or
+        ``None``."""
         return self.policy.gate
 
     @property

@@ -26,6 +26,10 @@ __version__: str
 __all__ = [
     "EXEMPT_GATE",
     "EXEMPT_MAINTENANCE",
+    "PRIORITY_CRITICAL",
+    "PRIORITY_DEFAULT",
+    "PRIORITY_SHEDDABLE",
+    "AdaptiveGate",
     "AsgiCore",
     "CapacityGate",
     "CircuitBreaker",
@@ -110,6 +114,67 @@ class CapacityGate:
         ``timeout`` is a finite number >= 0; one too long for the clock to count (such as
         ``1e19``, hundreds of billions of years) is no limit, as ``None`` is.
         """
+
+@final
+class AdaptiveGate:
+    """A concurrency limit that sets itself from the latency of the requests it admits.
+
+    It has the interface of :class:`CapacityGate` except that ``limit`` is read-only: each
+    permit is one latency sample, from admission to release, and the limiter moves the limit
+    within ``[min_limit, max_limit]``. ``algorithm`` is ``"gradient2"`` (the default: the
+    latency gradient against a baseline measured with the limit held low for a moment,
+    every 10 to 30 s), ``"aimd"`` or ``"vegas"``, after Netflix's concurrency-limits; the
+    README gives each one's formulas and defaults. ``initial``, ``min_limit`` and
+    ``max_limit`` are ints >= 1 with ``min_limit <= initial <= max_limit``.
+    """
+
+    def __new__(
+        cls,
+        *,
+        initial: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        algorithm: Literal["gradient2", "aimd", "vegas"] = "gradient2",
+    ) -> AdaptiveGate: ...
+    @property
+    def limit(self) -> int:
+        """The limit in force now (set by the limiter)."""
+
+    @property
+    def min_limit(self) -> int: ...
+    @property
+    def baseline(self) -> float | None:
+        """The no-load latency in seconds the algorithm compares with (Gradient2 and Vegas),
+        once measured."""
+
+    @property
+    def probing(self) -> bool:
+        """Whether the limit is held low right now to measure the baseline."""
+    @property
+    def max_limit(self) -> int: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def in_flight(self) -> int:
+        """Permits out right now."""
+
+    @property
+    def peak(self) -> int:
+        """The most permits ever out at once."""
+
+    @property
+    def admitted(self) -> int:
+        """Permits handed out so far."""
+
+    @property
+    def rejected(self) -> int:
+        """Attempts refused so far."""
+
+    def try_acquire(self) -> Permit | None:
+        """A permit if one is free right now, else ``None``. Never blocks."""
+
+    def acquire(self, timeout: float | None = None) -> Permit | None:
+        """Wait up to ``timeout`` seconds (``None``: no limit) for a permit, GIL released."""
 
 @final
 class Permit:
@@ -294,6 +359,11 @@ def metrics_health_check(name: str, up: bool) -> None:
 EXEMPT_GATE: int
 #: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips maintenance.
 EXEMPT_MAINTENANCE: int
+#: Priority flags of :meth:`DecisionCore.decide` (at most one): the request's view is critical,
+#: default or sheddable.
+PRIORITY_CRITICAL: int
+PRIORITY_DEFAULT: int
+PRIORITY_SHEDDABLE: int
 
 @disjoint_base
 class DecisionCore:

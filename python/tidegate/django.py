@@ -24,10 +24,25 @@ from django.urls import Resolver404, resolve
 
 from tidegate._options import Options, unknown_option
 from tidegate._policy import Policy, PolicyParts
-from tidegate._tidegate import EXEMPT_GATE, EXEMPT_MAINTENANCE, CircuitOpenError, DecisionCore
+from tidegate._tidegate import (
+    EXEMPT_GATE,
+    EXEMPT_MAINTENANCE,
+    PRIORITY_CRITICAL,
+    PRIORITY_DEFAULT,
+    PRIORITY_SHEDDABLE,
+    CircuitOpenError,
+    DecisionCore,
+)
 from tidegate.responses import Rendered
 
-__all__ = ["EXEMPT_ATTRIBUTE", "SETTING", "TideGateMiddleware", "exempt"]
+__all__ = [
+    "EXEMPT_ATTRIBUTE",
+    "PRIORITY_ATTRIBUTE",
+    "SETTING",
+    "TideGateMiddleware",
+    "exempt",
+    "priority",
+]
 
 #: The Django setting the options come from: ``TIDEGATE = {"limit": 16, ...}``.
 SETTING = "TIDEGATE"
@@ -36,6 +51,18 @@ SETTING = "TIDEGATE"
 #: ``csrf_exempt`` does, so decorators that copy a function's ``__dict__`` keep the mark and a
 #: class-based view's ``as_view()`` carries a mark set on its ``dispatch``.
 EXEMPT_ATTRIBUTE = "tidegate_exempt"
+
+#: Where :func:`priority` leaves a view's level, the same way.
+PRIORITY_ATTRIBUTE = "tidegate_priority"
+
+#: Where the middleware leaves the request for the ``priority`` callable (only when one is set).
+_REQUEST_KEY = "tidegate.request"
+
+_PRIORITY_FLAGS = {
+    "critical": PRIORITY_CRITICAL,
+    "default": PRIORITY_DEFAULT,
+    "sheddable": PRIORITY_SHEDDABLE,
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,12 +105,42 @@ def exempt(
     return mark(view) if view is not None else mark
 
 
-def _exempt_flags(view: object) -> int:
-    flags = getattr(view, EXEMPT_ATTRIBUTE, None)
+def priority(level: str, /) -> Callable[[F], F]:
+    """Gives a view a priority: ``@priority("critical")`` (or ``"default"``, ``"sheddable"``).
+    Under pressure sheddable views are refused first and critical ones last; see
+    ``priority_shares``. Marks views as :func:`exempt` does."""
+    if not isinstance(level, str):
+        raise TypeError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    flag = _PRIORITY_FLAGS.get(level)
+    if flag is None:
+        raise ValueError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+
+    def mark(fn: F) -> F:
+        global _views_marked
+        if not callable(fn):
+            raise TypeError(f"priority: expected a view, got {fn!r}")
+        try:
+            setattr(fn, PRIORITY_ATTRIBUTE, flag)
+        except (AttributeError, TypeError):
+            raise TypeError(
+                f"priority: cannot mark {fn!r} (no attributes can be set on it)"
+            ) from None
+        _views_marked = True
+        return fn
+
+    return mark
+
+
+def _mark(view: object, attribute: str) -> int:
+    flags = getattr(view, attribute, None)
     if flags is None:
         # A class-based view marked on its class.
-        flags = getattr(getattr(view, "view_class", None), EXEMPT_ATTRIBUTE, 0)
+        flags = getattr(getattr(view, "view_class", None), attribute, 0)
     return flags if isinstance(flags, int) and not isinstance(flags, bool) else 0
+
+
+def _exempt_flags(view: object) -> int:
+    return _mark(view, EXEMPT_ATTRIBUTE) | _mark(view, PRIORITY_ATTRIBUTE)
 
 
 def _options(configured: object) -> Options:
@@ -101,6 +158,11 @@ def _options(configured: object) -> Options:
         raise error
     options: dict[str, Any] = dict(configured)
     return options  # type: ignore[return-value]
+
+
+def _request_of(meta: Any) -> Any:
+    """The ``priority`` callable's argument: the request the middleware left in ``META``."""
+    return meta.get(_REQUEST_KEY)
 
 
 def _to_response(rendered: Rendered, body: bytes) -> Any:
@@ -141,7 +203,9 @@ class TideGateMiddleware(PolicyParts):
         self.get_response = get_response
         self.policy = policy = Policy(SETTING, **_options(getattr(settings, SETTING, {})))
         core = DecisionCore()
-        core._configure(policy.core_config())
+        core._configure(policy.core_config(_request_of))
+        #: Whether the ``priority`` callable needs the request: it is then left in ``META``.
+        self._keep_request = policy.priority is not None
         self._core = core
         self._decide = core.decide
         self._release = core.release
@@ -153,6 +217,8 @@ class TideGateMiddleware(PolicyParts):
 
     def __call__(self, request: Any) -> Any:
         meta = request.META
+        if self._keep_request:
+            meta[_REQUEST_KEY] = request
         rendered = self._decide(meta, self._view_flags(request) if self._resolving else 0)
         if rendered is not None:
             return _to_response(rendered, self._core.body_for(meta, rendered))

@@ -30,6 +30,9 @@ from tidegate._policy import Policy, PolicyParts
 from tidegate._tidegate import (
     EXEMPT_GATE,
     EXEMPT_MAINTENANCE,
+    PRIORITY_CRITICAL,
+    PRIORITY_DEFAULT,
+    PRIORITY_SHEDDABLE,
     CircuitOpenError,
     DecisionCore,
     PreprocessRequest,
@@ -120,7 +123,7 @@ class TideGate:
         options.update(self._options)
         policy = Policy("TideGate", **options)
         core = DecisionCore()
-        core._configure(policy.core_config())
+        core._configure(policy.core_config(_current_request))
         state = TideGateState(self, policy, core, self._exempt)
         getter, attrs = _CURRENT_ENVIRON
         core._bind_hooks(
@@ -176,12 +179,51 @@ class TideGate:
         def mark(fn: F) -> F:
             if not callable(fn):
                 raise TypeError(f"exempt: expected a view function, got {fn!r}")
-            self._exempt[fn] = (EXEMPT_GATE if gate else 0) | (
-                EXEMPT_MAINTENANCE if maintenance else 0
+            self._exempt[fn] = (
+                (EXEMPT_GATE if gate else 0)
+                | (EXEMPT_MAINTENANCE if maintenance else 0)
+                | (self._exempt.get(fn, 0) & _PRIORITY_MASK)
             )
             return fn
 
         return mark(view) if view is not None else mark
+
+    def priority(self, level: str, /) -> Callable[[F], F]:
+        """Gives a view a priority: ``@tidegate.priority("critical")`` (or ``"default"``,
+        ``"sheddable"``). Under pressure sheddable views are refused first and critical ones
+        last; see ``priority_shares``."""
+        flag = _priority_flag(level)
+
+        def mark(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"priority: expected a view function, got {fn!r}")
+            self._exempt[fn] = (self._exempt.get(fn, 0) & ~_PRIORITY_MASK) | flag
+            return fn
+
+        return mark
+
+
+#: The priority flags of a view, by level.
+_PRIORITY_FLAGS = {
+    "critical": PRIORITY_CRITICAL,
+    "default": PRIORITY_DEFAULT,
+    "sheddable": PRIORITY_SHEDDABLE,
+}
+_PRIORITY_MASK = PRIORITY_CRITICAL | PRIORITY_DEFAULT | PRIORITY_SHEDDABLE
+
+
+def _priority_flag(level: object) -> int:
+    if not isinstance(level, str):
+        raise TypeError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    flag = _PRIORITY_FLAGS.get(level)
+    if flag is None:
+        raise ValueError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    return flag
+
+
+def _current_request(environ: Any) -> Any:
+    """The ``priority`` callable's argument: the request being decided."""
+    return request._get_current_object()  # type: ignore[attr-defined]
 
 
 # -- what the core's hooks call back -----------------------------------------------------------

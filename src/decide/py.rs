@@ -72,8 +72,9 @@ impl DecisionCore {
         Ok(
             match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
                 Verdict::Admit(None) => None,
-                Verdict::Admit(Some(gate)) => {
-                    let permit = Bound::new(py, PermitPy::admitted(gate.clone(), decider.since()))?;
+                Verdict::Admit(Some((gate, ticket))) => {
+                    let since = decider.since();
+                    let permit = Bound::new(py, PermitPy::admitted(gate.clone(), ticket, since))?;
                     environ.set_item(intern!(py, PERMIT_KEY), permit)?;
                     None
                 }

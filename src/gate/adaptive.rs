@@ -218,6 +218,27 @@ pub struct Summary {
     pub dropped: bool,
 }
 
+/// Samples summed outside the limiter (see [`Limiter::on_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batch {
+    pub count: u32,
+    pub sum_rtt: f64,
+    pub min_rtt: f64,
+    pub sum_inflight: f64,
+    pub max_inflight: usize,
+    pub dropped: bool,
+}
+
+/// When a batch of samples can close the open window: once the time is `at` or later and it
+/// holds `samples` or more, or at `timeout_at` whatever it holds. Before that, samples only
+/// need adding up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Due {
+    pub at: f64,
+    pub samples: u32,
+    pub timeout_at: f64,
+}
+
 /// The running sums of the open window.
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -252,6 +273,15 @@ impl Window {
         self.sum_inflight += inflight as f64;
         self.max_inflight = self.max_inflight.max(inflight);
         self.dropped |= dropped;
+    }
+
+    fn merge(&mut self, batch: &Batch) {
+        self.count = self.count.saturating_add(batch.count);
+        self.sum_rtt += batch.sum_rtt;
+        self.min_rtt = self.min_rtt.min(batch.min_rtt);
+        self.sum_inflight += batch.sum_inflight;
+        self.max_inflight = self.max_inflight.max(batch.max_inflight);
+        self.dropped |= batch.dropped;
     }
 
     fn summary(&self) -> Summary {
@@ -396,6 +426,55 @@ impl Limiter {
             window.add(rtt_secs, inflight, dropped);
         }
         self.close_if_due(now_secs, rule)
+    }
+
+    /// Many samples at once, already summed (and already filtered by [`Limiter::filter`] and
+    /// the RTT threshold): how a concurrent gate feeds the limiter, which it keeps behind a
+    /// lock it takes only when [`Limiter::due`] says a window may close. Returns the new limit
+    /// when it changed.
+    pub fn on_batch(&mut self, now_secs: f64, batch: &Batch) -> Option<usize> {
+        if !now_secs.is_finite() {
+            return None;
+        }
+        let rule = self.rule();
+        let window = self.open_window(now_secs);
+        if batch.count > 0 && batch.sum_rtt.is_finite() && batch.min_rtt.is_finite() {
+            window.merge(batch);
+        }
+        self.close_if_due(now_secs, rule)
+    }
+
+    /// Which samples count now: those of requests admitted at or after the first value, with
+    /// at most the second in flight (when there is a cap).
+    pub fn filter(&self) -> (f64, Option<usize>) {
+        (self.admitted_after, self.rule().max_inflight)
+    }
+
+    /// When a batch can change anything: see [`Due`].
+    pub fn due(&self) -> Due {
+        let Some(window) = &self.window else {
+            return Due {
+                at: f64::NEG_INFINITY,
+                samples: 1,
+                timeout_at: f64::INFINITY,
+            };
+        };
+        let rule = self.rule();
+        let needed = rule.samples.unwrap_or(self.window_config.window_size);
+        Due {
+            at: if rule.ignore_length {
+                window.start
+            } else {
+                window.start + window.length
+            },
+            samples: needed.saturating_sub(window.count).max(1),
+            timeout_at: window.start + rule.timeout.unwrap_or(self.window_config.max_window),
+        }
+    }
+
+    /// The shortest RTT a sample may have to count.
+    pub fn min_rtt_threshold(&self) -> f64 {
+        self.window_config.min_rtt_threshold
     }
 
     /// Lets a window that waits for samples time out without one (a probe that sees no

@@ -1,5 +1,5 @@
-//! The Python face of the capacity gate: `CapacityGate` and `Permit`, argument conversion
-//! around the plain `Gate`.
+//! The Python face of the gates: `CapacityGate`, `AdaptiveGate` and `Permit`, argument
+//! conversion around the plain `Gate`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +8,8 @@ use std::time::Instant;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
-use super::{deadline_after, extract_timeout, Gate};
+use super::adaptive::{Algorithm, LimiterConfig};
+use super::{deadline_after, extract_timeout, Gate, Ticket, Wait};
 use crate::errors::{int_beyond_float, whole_number, ArgError, WholeNumber};
 
 /// Reads a Python `limit` argument: an int (not a bool) that is at least 1.
@@ -100,9 +101,7 @@ impl GatePy {
     }
 
     fn try_acquire(&self) -> Option<PermitPy> {
-        self.gate
-            .try_acquire()
-            .then(|| PermitPy::new(self.gate.clone()))
+        try_acquire(&self.gate)
     }
 
     #[pyo3(signature = (timeout=None))]
@@ -111,24 +110,7 @@ impl GatePy {
         py: Python<'_>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<PermitPy>> {
-        let timeout = extract_timeout(timeout_seconds(timeout)?)?;
-        let deadline = deadline_after(Instant::now(), timeout);
-        loop {
-            let gate = &self.gate;
-            match py.detach(|| gate.wait_slice(deadline)) {
-                Some(true) => return Ok(Some(PermitPy::new(self.gate.clone()))),
-                Some(false) => {
-                    self.gate.count_rejection();
-                    return Ok(None);
-                }
-                None => {
-                    if let Err(err) = py.check_signals() {
-                        self.gate.count_rejection();
-                        return Err(err);
-                    }
-                }
-            }
-        }
+        acquire(py, &self.gate, timeout)
     }
 
     fn __repr__(&self) -> String {
@@ -143,36 +125,256 @@ impl GatePy {
     }
 }
 
+fn try_acquire(gate: &Arc<Gate>) -> Option<PermitPy> {
+    gate.try_acquire()
+        .map(|ticket| PermitPy::new(gate.clone(), ticket))
+}
+
+fn acquire(
+    py: Python<'_>,
+    gate: &Arc<Gate>,
+    timeout: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<PermitPy>> {
+    let timeout = extract_timeout(timeout_seconds(timeout)?)?;
+    let deadline = deadline_after(Instant::now(), timeout);
+    loop {
+        match py.detach(|| gate.wait_slice(deadline)) {
+            Wait::Admitted(ticket) => return Ok(Some(PermitPy::new(gate.clone(), ticket))),
+            Wait::TimedOut => {
+                gate.count_rejection();
+                return Ok(None);
+            }
+            Wait::Again => {
+                if let Err(err) = py.check_signals() {
+                    gate.count_rejection();
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// A limit of a keyword argument of `AdaptiveGate`: an int (not a bool) that is at least 1.
+fn limit_arg(name: &'static str, value: &Bound<'_, PyAny>) -> Result<usize, ArgError> {
+    whole_number(name, value)?.at_least(name, 1)
+}
+
+/// A concurrency limit that sets itself from the latency of the requests it admits.
+///
+/// Each permit is one sample, from admission to release. The limiter (Gradient2 by default,
+/// or AIMD or Vegas, after Netflix's concurrency-limits) keeps the limit within
+/// `[min_limit, max_limit]`; see the README for the formulas and defaults.
+#[pyclass(name = "AdaptiveGate", module = "tidegate._tidegate", frozen)]
+pub struct AdaptiveGatePy {
+    pub gate: Arc<Gate>,
+    algorithm: &'static str,
+    min_limit: usize,
+    max_limit: usize,
+}
+
+#[pymethods]
+impl AdaptiveGatePy {
+    #[new]
+    #[pyo3(
+        signature = (*, initial=None, min_limit=None, max_limit=None, algorithm=None),
+        text_signature = "(*, initial=20, min_limit=1, max_limit=1000, algorithm='gradient2')"
+    )]
+    fn new(
+        initial: Option<&Bound<'_, PyAny>>,
+        min_limit: Option<&Bound<'_, PyAny>>,
+        max_limit: Option<&Bound<'_, PyAny>>,
+        algorithm: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let defaults = LimiterConfig::default();
+        let read = |name, value: Option<&Bound<'_, PyAny>>, default| match value {
+            Some(value) => limit_arg(name, value),
+            None => Ok(default),
+        };
+        let initial = read("initial", initial, defaults.initial_limit)?;
+        let min_limit = read("min_limit", min_limit, defaults.min_limit)?;
+        let max_limit = read("max_limit", max_limit, defaults.max_limit)?;
+        let algorithm_name: &'static str = match algorithm {
+            None => "gradient2",
+            Some(value) => {
+                let Ok(name) = value.cast::<PyString>() else {
+                    return Err(ArgError::type_(
+                        "algorithm",
+                        format!(
+                            "must be 'gradient2', 'aimd' or 'vegas', got {}",
+                            value.repr().map(|r| r.to_string()).unwrap_or_default()
+                        ),
+                    )
+                    .into());
+                };
+                match &*name.to_cow()? {
+                    "gradient2" => "gradient2",
+                    "aimd" => "aimd",
+                    "vegas" => "vegas",
+                    other => {
+                        return Err(ArgError::value(
+                            "algorithm",
+                            format!("must be 'gradient2', 'aimd' or 'vegas', got {other:?}"),
+                        )
+                        .into())
+                    }
+                }
+            }
+        };
+        let config = LimiterConfig {
+            initial_limit: initial,
+            min_limit,
+            max_limit,
+            algorithm: Algorithm::named(algorithm_name)?,
+            seed: seed(),
+            ..defaults
+        };
+        Ok(Self {
+            gate: Arc::new(Gate::adaptive(config)?),
+            algorithm: algorithm_name,
+            min_limit,
+            max_limit,
+        })
+    }
+
+    /// The limit in force now (the limiter sets it; it cannot be set by hand).
+    #[getter]
+    fn limit(&self) -> usize {
+        self.gate.limit()
+    }
+
+    #[getter]
+    fn min_limit(&self) -> usize {
+        self.min_limit
+    }
+
+    /// The no-load latency (seconds) the algorithm compares with, once it has one.
+    #[getter]
+    fn baseline(&self) -> Option<f64> {
+        self.gate.with_limiter(|l| l.baseline()).flatten()
+    }
+
+    /// Whether the limit is held low right now to measure the baseline.
+    #[getter]
+    fn probing(&self) -> bool {
+        self.gate.with_limiter(|l| l.probing()).unwrap_or(false)
+    }
+
+    #[getter]
+    fn max_limit(&self) -> usize {
+        self.max_limit
+    }
+
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.algorithm
+    }
+
+    #[getter]
+    fn in_flight(&self) -> usize {
+        self.gate.in_flight()
+    }
+
+    #[getter]
+    fn peak(&self) -> usize {
+        self.gate.peak()
+    }
+
+    #[getter]
+    fn admitted(&self) -> u64 {
+        self.gate.admitted()
+    }
+
+    #[getter]
+    fn rejected(&self) -> u64 {
+        self.gate.rejected()
+    }
+
+    fn try_acquire(&self) -> Option<PermitPy> {
+        try_acquire(&self.gate)
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PermitPy>> {
+        acquire(py, &self.gate, timeout)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "AdaptiveGate(algorithm={:?}, limit={}, min_limit={}, max_limit={}, in_flight={}, \
+             admitted={}, rejected={})",
+            self.algorithm,
+            self.gate.limit(),
+            self.min_limit,
+            self.max_limit,
+            self.gate.in_flight(),
+            self.gate.admitted(),
+            self.gate.rejected()
+        )
+    }
+}
+
+/// A seed for the probes' jitter that differs between processes (Gunicorn's workers start
+/// together and must not probe together).
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (u64::from(std::process::id()) << 32) ^ nanos ^ 0x9E37_79B9_7F4A_7C15
+}
+
+/// Either gate, as a configuration hands it over.
+#[derive(FromPyObject)]
+pub enum AnyGatePy<'py> {
+    Fixed(PyRef<'py, GatePy>),
+    Adaptive(PyRef<'py, AdaptiveGatePy>),
+}
+
+impl AnyGatePy<'_> {
+    pub fn gate(&self) -> Arc<Gate> {
+        match self {
+            Self::Fixed(g) => g.gate.clone(),
+            Self::Adaptive(g) => g.gate.clone(),
+        }
+    }
+}
+
 /// One admitted unit of work. Released exactly once: by `release()`, by leaving a `with`
 /// block, or, as a safety net, when it is garbage-collected.
 // A freelist: the Flask and Django adapters make one per admitted request.
 #[pyclass(name = "Permit", module = "tidegate._tidegate", frozen, freelist = 256)]
 pub struct PermitPy {
     gate: Arc<Gate>,
+    ticket: Ticket,
     released: AtomicBool,
     /// When a decision that counts metrics admitted it (see `decide::finished`).
     since: Option<std::time::Instant>,
 }
 
 impl PermitPy {
-    pub fn new(gate: Arc<Gate>) -> Self {
-        Self::admitted(gate, None)
+    pub fn new(gate: Arc<Gate>, ticket: Ticket) -> Self {
+        Self::admitted(gate, ticket, None)
     }
 
     /// A permit the decision took at `since` (when metrics time it).
-    pub fn admitted(gate: Arc<Gate>, since: Option<std::time::Instant>) -> Self {
+    pub fn admitted(gate: Arc<Gate>, ticket: Ticket, since: Option<std::time::Instant>) -> Self {
         Self {
             gate,
+            ticket,
             released: AtomicBool::new(false),
             since,
         }
     }
 
-    /// Hands the slot over to the caller (who must release it on `gate` once, and pass the
-    /// admission time to `decide::finished`), unless the permit was already released; the
-    /// permit then counts as released.
-    pub fn take_slot(&self) -> Option<(Arc<Gate>, Option<std::time::Instant>)> {
-        (!self.released.swap(true, Ordering::AcqRel)).then(|| (self.gate.clone(), self.since))
+    /// Hands the slot over to the caller (who must release it on `gate` once, with the
+    /// ticket, and pass the admission time to `decide::finished`), unless the permit was
+    /// already released; the permit then counts as released.
+    pub fn take_slot(&self) -> Option<(Arc<Gate>, Ticket, Option<std::time::Instant>)> {
+        (!self.released.swap(true, Ordering::AcqRel))
+            .then(|| (self.gate.clone(), self.ticket, self.since))
     }
 
     /// Whether the slot went back (or was handed over) already.
@@ -184,7 +386,7 @@ impl PermitPy {
     pub fn release_once(&self) -> bool {
         let first = !self.released.swap(true, Ordering::AcqRel);
         if first {
-            self.gate.release();
+            self.gate.release(self.ticket);
             crate::decide::finished(self.since);
         }
         first

@@ -6,6 +6,7 @@ the parts the scenes turn."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,8 @@ class Stage:
     transitions: list[str] = field(default_factory=list)
     # The consecutive failures that opened the breaker the first time, as it counted them.
     opened_after: int | None = None
+    #: The ASGI server serving the shop, or None for the WSGI shop.
+    asgi: str | None = None
 
     def on_transition(self, breaker: CircuitBreaker, old: str, new: str) -> None:
         self.transitions.append(new)
@@ -195,7 +198,60 @@ def start(folder: Path, *, asgi: str | None = None) -> tuple[Stage, Running]:
         operator=MaintenanceSwitch(state, env_var=None),
         inventory=inventory,
         breaker=breaker,
+        asgi=asgi,
     )
     stage.transitions.append(breaker.state)
     breaker.add_listener(stage.on_transition)
     return stage, running
+
+
+#: The database pool of the last scene: this many connections, each query this long.
+POOL_SIZE = 4
+POOL_QUERY_MS = 20
+
+
+class PoolApp:
+    """An app whose every request runs one query on a pool of ``POOL_SIZE`` connections: it
+    can do ``POOL_SIZE`` requests at once, and more only wait for a connection."""
+
+    def __init__(self) -> None:
+        self.pool: queue.Queue[int] = queue.Queue()
+        for connection in range(POOL_SIZE):
+            self.pool.put(connection)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        connection = self.pool.get()
+        try:
+            time.sleep(POOL_QUERY_MS / 1000)
+        finally:
+            self.pool.put(connection)
+        return _reply(start_response, "200 OK", b"queried")
+
+
+class AsgiPoolApp:
+    """:class:`PoolApp` as an ASGI app: the pool an ``asyncio.Queue``, the query awaited."""
+
+    def __init__(self) -> None:
+        self.pool: asyncio.Queue[int] = asyncio.Queue()
+        for connection in range(POOL_SIZE):
+            self.pool.put_nowait(connection)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        connection = await self.pool.get()
+        try:
+            await asyncio.sleep(POOL_QUERY_MS / 1000)
+        finally:
+            self.pool.put_nowait(connection)
+        await _send(send, 200, b"queried")
+
+
+def serve_auto(asgi: str | None = None) -> tuple[PolicyParts, Running]:
+    """The pool app behind ``limit="auto"``, nothing else configured, on a port of its own;
+    with ``asgi`` the ASGI pool app, served by that server."""
+    if asgi is None:
+        app = TideGateMiddleware(PoolApp(), limit="auto", maintenance=False)
+        return app, serve_wsgi(app)
+    from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
+
+    asgi_app = AsgiMiddleware(AsgiPoolApp(), limit="auto", maintenance=False)
+    return asgi_app, serve_asgi(asgi_app, asgi)

@@ -4,9 +4,20 @@ clients and says in one line what the table shows."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
-from tidegate.demo.app import LIMIT, OVERLOAD_WORK_MS, RESET_TIMEOUT, Stage
+from tidegate.demo.app import (
+    LIMIT,
+    OVERLOAD_WORK_MS,
+    POOL_QUERY_MS,
+    POOL_SIZE,
+    RESET_TIMEOUT,
+    Stage,
+    serve_auto,
+    stop,
+)
 from tidegate.demo.clients import burst, readiness
 from tidegate.demo.report import Row, Scene
 
@@ -115,4 +126,41 @@ def drain(stage: Stage) -> Scene:
     )
 
 
-SCENES = (normal_load, overload, maintenance, dependency, drain)
+def limit_sets_itself(stage: Stage) -> Scene:
+    """A second app, a pool of a few database connections behind ``limit="auto"``, under 8 x
+    the clients its pool can serve: the limit starts far too high and finds the pool."""
+    app, running = serve_auto(stage.asgi)
+    port = running.port
+    limits: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            limits.append(app.gate.limit)
+
+    watcher = threading.Thread(target=watch, name="tidegate-demo-limit")
+    watcher.start()
+    started = time.perf_counter()
+    try:
+        first, _ = burst(port, "/", clients=8 * POOL_SIZE, each=30, pause=0.02)
+        settled, _ = burst(port, "/", clients=8 * POOL_SIZE, each=30, pause=0.02)
+    finally:
+        done.set()
+        watcher.join()
+        stop(running)
+    took = time.perf_counter() - started
+    late = limits[len(limits) // 2 :] or [app.gate.limit]
+    rows = [Row("auto: finding", first, ""), Row("auto: found", settled, "")]
+    s = rows[1].summary()
+    return Scene(
+        6,
+        "the limit sets itself",
+        rows,
+        f'a pool of {POOL_SIZE} connections ({POOL_QUERY_MS} ms a query), limit="auto": '
+        f"from a default of 20 the limit settled at {min(late)}-{max(late)} in {took:.1f} s; "
+        f"once found, "
+        f"served in {_ms(s['ok_ms'])}, the rest shed in {_ms(s['unavailable_ms'])}.",
+    )
+
+
+SCENES = (normal_load, overload, maintenance, dependency, drain, limit_sets_itself)

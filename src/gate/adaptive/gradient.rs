@@ -35,7 +35,11 @@
 //!   that fall; under queueing the RTT falls in proportion to in flight, with a slower
 //!   service it does not fall at all), or `stuck_windows` windows in a row at `min_limit`
 //!   (Envoy's rule). A window whose mean RTT is below `baseline / (1 + tolerance)` (the
-//!   service got faster) takes over as the baseline at once.
+//!   service got faster) takes over as the baseline at once. A probe that finds the service
+//!   slower than the old baseline (by more than `tolerance`) gives back the limit from before
+//!   the cuts in a row that led to it: they were made against the stale baseline, and a
+//!   slower service (a slower database behind the same connection pool) takes as many
+//!   requests at once as before, each for longer.
 //! * **A gradient that also grows**, from `ratio = window mean RTT / baseline`:
 //!
 //!   ```text
@@ -139,6 +143,8 @@ pub(crate) struct Gradient2 {
     /// When the next periodic probe is due; set when the first one ends.
     next_probe: f64,
     last_cut: Option<Cut>,
+    /// The limit before the cuts in a row that `last_cut` ends, for a probe to give back.
+    before_cuts: Option<f64>,
     windows_at_min: u32,
 }
 
@@ -150,6 +156,7 @@ impl Gradient2 {
             probing: true,
             next_probe: f64::INFINITY,
             last_cut: None,
+            before_cuts: None,
             windows_at_min: 0,
         }
     }
@@ -195,11 +202,20 @@ impl Gradient2 {
         rng: &mut Rng,
     ) -> f64 {
         if self.probing {
+            let mut new = limit;
             if let Some(s) = summary {
+                // The service itself got slower: the cuts since the last good window were
+                // made against a baseline that no longer held, so the limit goes back.
+                let slower = self
+                    .baseline
+                    .is_some_and(|old| s.avg_rtt > old * (1.0 + self.config.tolerance));
+                if let (true, Some(before)) = (slower, self.before_cuts) {
+                    new = limit.max(before);
+                }
                 self.baseline = Some(s.avg_rtt);
             }
             self.end_probe(now, rng);
-            return limit;
+            return new;
         }
         let (Some(s), Some(baseline)) = (summary, self.baseline) else {
             return limit;
@@ -218,6 +234,9 @@ impl Gradient2 {
                     probe = true;
                 }
             }
+            if self.last_cut.is_none() {
+                self.before_cuts = Some(limit);
+            }
             self.last_cut = Some(Cut {
                 ratio,
                 inflight: s.avg_inflight,
@@ -226,6 +245,7 @@ impl Gradient2 {
             (limit.min(s.avg_inflight.max(1.0)) * gradient).round()
         } else {
             self.last_cut = None;
+            self.before_cuts = None;
             if (s.max_inflight as f64) < limit / 2.0 {
                 limit
             } else {
@@ -251,6 +271,7 @@ impl Gradient2 {
         self.probing = false;
         self.next_probe = now + c.probe_interval * (1.0 + jitter);
         self.last_cut = None;
+        self.before_cuts = None;
         self.windows_at_min = 0;
     }
 }
