@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from harness import Load, closed_loop, fmt, serving, uvicorn, versions
+from harness import Load, closed_loop, fmt, medians, percent, serving, uvicorn, versions
 
 from tidegate.asgi import TideGateMiddleware
 
@@ -108,22 +107,14 @@ def summarise(loads: list[Load]) -> dict[str, float | None]:
         "503s with Retry-After %": _hinted_percent,
         "other answers": lambda load: float(load.count() - load.count(200) - load.count(503)),
         "reconnects/s": lambda load: load.reconnects / load.window,
-        "server CPU %": lambda load: _percent(load.server_cpu_share()),
+        "server CPU %": lambda load: percent(load.server_cpu_share()),
     }
-    summary: dict[str, float | None] = {}
-    for name, figure in figures.items():
-        values = [value for value in map(figure, loads) if value is not None]
-        summary[name] = statistics.median(values) if values else None
-    return summary
+    return medians(loads, figures)
 
 
 def _hinted_percent(load: Load) -> float | None:
     refused = load.count(503)
     return None if not refused else 100 * (refused - load.unhinted) / refused
-
-
-def _percent(share: float | None) -> float | None:
-    return None if share is None else 100 * share
 
 
 def main(argv: list[str] | None = None) -> int:

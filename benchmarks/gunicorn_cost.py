@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from harness import Load, closed_loop, fmt, gunicorn, serving, versions
+from harness import Load, closed_loop, fmt, gunicorn, percent, serving, versions
 
 from tidegate import CapacityGate
 from tidegate.responses import ErrorPages
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load generator at the busiest run: {busiest.rate():.0f} answers/s, "
         f"{busiest.client_us_per_answer():.0f} us CPU per answer, "
         f"{100 * busiest.client_cpu_share():.0f}% of a core per process; the server worker at "
-        f"{fmt(_percent(busiest.server_cpu_share()), 0)}% of a core."
+        f"{fmt(percent(busiest.server_cpu_share()), 0)}% of a core."
     )
     return 0
 
@@ -155,14 +155,10 @@ def _figure(load: Load, figure: str) -> float | None:
     if figure == "p99":
         return load.percentile_ms(200, 99) or load.percentile_ms(503, 99)
     if figure == "server":
-        return _percent(load.server_cpu_share())
+        return percent(load.server_cpu_share())
     if figure == "server_us":
         return load.server_us_per_answer()
     return 100 * load.client_cpu_share()
-
-
-def _percent(share: float | None) -> float | None:
-    return None if share is None else 100 * share
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:

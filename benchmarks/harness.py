@@ -19,9 +19,11 @@ import os
 import platform
 import selectors
 import socket
+import statistics
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection
@@ -34,7 +36,18 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
 from servers import HOST, GunicornServer, ServerProcess, UvicornServer, serving  # noqa: E402
 
-__all__ = ["HOST", "Load", "closed_loop", "fmt", "gunicorn", "serving", "uvicorn", "versions"]
+__all__ = [
+    "HOST",
+    "Load",
+    "closed_loop",
+    "fmt",
+    "gunicorn",
+    "medians",
+    "percent",
+    "serving",
+    "uvicorn",
+    "versions",
+]
 
 # -- Gunicorn on a loopback port -------------------------------------------------------------
 
@@ -366,3 +379,20 @@ def versions() -> str:
 
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def percent(share: float | None) -> float | None:
+    """A share (1.0 is all) as a percentage."""
+    return None if share is None else 100 * share
+
+
+def medians(
+    loads: list[Load], figures: dict[str, Callable[[Load], float | None]]
+) -> dict[str, float | None]:
+    """Each figure's median over the runs in ``loads`` (runs where it is undefined left out;
+    ``None`` when it is undefined in all)."""
+    summary: dict[str, float | None] = {}
+    for name, figure in figures.items():
+        values = [value for value in map(figure, loads) if value is not None]
+        summary[name] = statistics.median(values) if values else None
+    return summary

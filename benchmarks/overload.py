@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
-from harness import Load, closed_loop, fmt, gunicorn, serving, versions
+from harness import Load, closed_loop, fmt, gunicorn, medians, percent, serving, versions
 
 from tidegate.wsgi import TideGateMiddleware
 
@@ -111,20 +111,12 @@ def summarise(loads: list[Load]) -> dict[str, float | None]:
         "503 p90 ms": lambda load: load.percentile_ms(503, 90),
         "503 p99 ms": lambda load: load.percentile_ms(503, 99),
         "other answers": lambda load: float(load.count() - load.count(200) - load.count(503)),
-        "server worker CPU %": lambda load: _percent(load.server_cpu_share()),
+        "server worker CPU %": lambda load: percent(load.server_cpu_share()),
         "server CPU us per answer": lambda load: load.server_us_per_answer(),
         "client CPU % per process": lambda load: 100 * load.client_cpu_share(),
         "client CPU us per answer": lambda load: load.client_us_per_answer(),
     }
-    summary: dict[str, float | None] = {}
-    for name, figure in figures.items():
-        values = [value for value in map(figure, loads) if value is not None]
-        summary[name] = statistics.median(values) if values else None
-    return summary
-
-
-def _percent(share: float | None) -> float | None:
-    return None if share is None else 100 * share
+    return medians(loads, figures)
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -222,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  Against /ping (a trivial Flask view, same server): {ceiling.rate():.0f} answers/s; "
         f"client {ceiling.client_us_per_answer():.0f} us CPU per answer, "
         f"{100 * ceiling.client_cpu_share():.0f}% of a core per process; "
-        f"server worker {fmt(_percent(ceiling.server_cpu_share()), 0)}% of a core."
+        f"server worker {fmt(percent(ceiling.server_cpu_share()), 0)}% of a core."
     )
     client_ceiling = args.processes * 1e6 / max(ceiling.client_us_per_answer(), 1e-9)
     print(
@@ -230,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{client_ceiling:.0f} answers/s with one core per process; the busiest run above "
         f"needed {busiest.rate():.0f}/s, with the client at "
         f"{100 * busiest.client_cpu_share():.0f}% of a core per process and the server "
-        f"worker at {fmt(_percent(busiest.server_cpu_share()), 0)}%."
+        f"worker at {fmt(percent(busiest.server_cpu_share()), 0)}%."
     )
     print("targets met" if not missed else f"TARGETS MISSED: {'; '.join(missed)}")
     return 0 if not missed or args.quick else 1
