@@ -339,15 +339,31 @@ GOOD_STATUS_URLS = [
 ]
 
 
-def need_redis() -> None:
-    """Skips the test where no ``redis-server`` is installed, saying how to install it; under
-    ``CI`` fails instead, since there a missing server is a broken set-up."""
-    why = redis_missing()
+def require(why: str | None) -> None:
+    """Goes on when ``why`` (the reason a server or tool is missing) is ``None``; otherwise
+    skips the test, saying why, or under ``CI`` fails it: there every server must run, and a
+    missing one is a broken set-up, not a reason to skip."""
     if why is None:
         return
     if os.environ.get("CI"):
         pytest.fail(why)
     pytest.skip(why)
+
+
+def need_redis() -> None:
+    """Skips the test where no ``redis-server`` is installed, saying how to install it (fails
+    under ``CI``)."""
+    require(redis_missing())
+
+
+def seconds_until(predicate: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``predicate()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not seen within {timeout}s")
+        time.sleep(0.002)
+    return time.monotonic() - start
 
 
 @pytest.fixture

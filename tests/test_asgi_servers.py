@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from asgi_apps import GATE_WEBSOCKETS_ENV, PID_HEADER, STATE_ENV
+from conftest import require
 from gunicorn_apps import CHUNK
 from servers import (
     ASGI_SERVERS,
@@ -66,21 +67,11 @@ ABANDONED = {"stream": "/stream?chunks=400&ms=10", "sse": "/sse?events=400&ms=10
 FIRST = {"stream": CHUNK, "sse": b"data: 0\n\n"}
 
 
-def unavailable(name: str) -> None:
-    reason = missing(name)
-    if reason is None:
-        return
-    # In CI every server must run: a missing one is a broken install, not a reason to skip.
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def asgi_server(
     name: str, app: str, *, env: dict[str, str] | None = None, workers: int = 1
 ) -> ServerProcess:
     """The server ``name`` serving ``app`` with ``limit=LIMIT``."""
-    unavailable(name)
+    require(missing(name))
     options: dict[str, Any] = {
         "env": {"TIDEGATE_TEST_LIMIT": str(LIMIT), **(env or {})},
         "startup_timeout": 30.0,
@@ -363,7 +354,7 @@ def test_every_server_stops_with_all_its_processes(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ASGI_SERVERS))
 def test_the_middleware_itself_is_served_as_an_asgi_3_app(name: str) -> None:
-    unavailable(name)
+    require(missing(name))
     options: dict[str, Any] = {"env": {"TIDEGATE_TEST_LIMIT": "1"}}
     if name != "gunicorn-uvicorn":
         options["ready_path"] = STATS_PATH

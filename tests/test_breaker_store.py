@@ -13,10 +13,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import pytest
+from conftest import seconds_until
 from redis_server import RedisServer
 
 from tidegate import CircuitBreaker, CircuitOpenError
@@ -31,16 +32,6 @@ class Down(Exception):
 
 def fail() -> None:
     raise Down
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
-    """Seconds until `predicate()` held; fails after `timeout`."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not seen within {timeout}s")
-        time.sleep(0.002)
-    return time.monotonic() - start
 
 
 def store_warnings(caplog: pytest.LogCaptureFixture, server: RedisServer, word: str) -> list[str]:
@@ -90,7 +81,7 @@ def test_a_trip_opens_every_breaker_of_that_name_at_once_by_notice(
     time.sleep(0.5)
     trip(a)
     # Far sooner than the 5 s poll: the change notice brings it.
-    took = wait_for(lambda: b.state == "open", 5)
+    took = seconds_until(lambda: b.state == "open", 5)
     assert took < 1.0
     with pytest.raises(CircuitOpenError) as refused:
         b.call(lambda: "never runs")
@@ -108,11 +99,11 @@ def test_an_open_record_without_a_notice_is_seen_within_poll_interval(
     record = {"state": "open", "until": time.time() + 30, "open_for": 30, "by": "elsewhere:1:0"}
     # Written by hand: no PUBLISH, so only the poll can find it.
     redis_server.cli("SET", "app:db", json.dumps(record))
-    took = wait_for(lambda: b.state == "open", 0.2 + SLACK)
+    took = seconds_until(lambda: b.state == "open", 0.2 + SLACK)
     assert 25 < b.retry_after <= 30
     # Deleting it closes the fleet.
     redis_server.cli("DEL", "app:db")
-    took += wait_for(lambda: b.state == "closed", 0.2 + SLACK)
+    took += seconds_until(lambda: b.state == "closed", 0.2 + SLACK)
     assert took < 2 * (0.2 + SLACK)
 
 
@@ -133,7 +124,7 @@ def test_a_trip_in_another_process_opens_this_one(redis_server: RedisServer) -> 
     with child(code) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "open"
-        wait_for(lambda: here.state == "open", 0.5 + SLACK)
+        seconds_until(lambda: here.state == "open", 0.5 + SLACK)
         with pytest.raises(CircuitOpenError):
             here.call(lambda: "never runs")
 
@@ -156,7 +147,7 @@ def test_half_open_lets_exactly_one_probe_through_across_the_fleet(
     time.sleep(0.3)
     trip(breakers[0])
     for breaker in breakers:
-        wait_for(lambda breaker=breaker: breaker.state == "open", 0.1 + SLACK)
+        seconds_until(lambda breaker=breaker: breaker.state == "open", 0.1 + SLACK)
     probes: list[int] = []
     release = threading.Event()
     done = threading.Event()
@@ -182,7 +173,7 @@ def test_half_open_lets_exactly_one_probe_through_across_the_fleet(
     ]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(probes) >= 1, 0.5 + 2 * SLACK)
+    seconds_until(lambda: len(probes) >= 1, 0.5 + 2 * SLACK)
     # The open period is long over on every breaker; callers keep trying all along.
     time.sleep(1.0)
     assert len(probes) == 1, probes
@@ -190,9 +181,9 @@ def test_half_open_lets_exactly_one_probe_through_across_the_fleet(
     others = [b for b in breakers if b is not prober]
     assert all(b.state == "half_open" for b in others)
     release.set()
-    wait_for(lambda: prober.state == "closed", SLACK)
+    seconds_until(lambda: prober.state == "closed", SLACK)
     for breaker in others:
-        wait_for(lambda breaker=breaker: breaker.state == "closed", 0.1 + SLACK)
+        seconds_until(lambda breaker=breaker: breaker.state == "closed", 0.1 + SLACK)
     done.set()
     for thread in threads:
         thread.join(10)
@@ -250,7 +241,7 @@ def test_a_probe_reservation_of_a_killed_process_expires(redis_server: RedisServ
             return True
 
         # probe_timeout plus two poll intervals, and a poll to see it gone.
-        wait_for(probed, 1.0 + 3 * 0.1 + SLACK)
+        seconds_until(probed, 1.0 + 3 * 0.1 + SLACK)
     assert len(calls) == 1
     assert calls[0] - killed < 1.0 + 3 * 0.1 + SLACK
     assert here.state == "closed"
@@ -288,7 +279,7 @@ def test_a_store_that_fails_leaves_the_breaker_local_and_never_slows_a_call(
             slowest = max(slowest, timed_calls(breaker, 200))
             time.sleep(0.01)
         assert slowest < 0.05, f"a call took {slowest * 1000:.1f} ms"
-        wait_for(lambda: store_warnings(caplog, redis_server, "is lost"), SLACK + 1)
+        seconds_until(lambda: store_warnings(caplog, redis_server, "is lost"), SLACK + 1)
         # Locally it still trips, refuses, and probes on its own after reset_timeout.
         trip(breaker)
         trip(breaker)
@@ -303,14 +294,14 @@ def test_a_store_that_fails_leaves_the_breaker_local_and_never_slows_a_call(
             redis_server.resume()
         else:
             redis_server.start()
-    wait_for(lambda: store_warnings(caplog, redis_server, "is back"), 1 + SLACK)
+    seconds_until(lambda: store_warnings(caplog, redis_server, "is back"), 1 + SLACK)
     time.sleep(0.3)
     assert len(store_warnings(caplog, redis_server, "is lost")) == 1
     assert len(store_warnings(caplog, redis_server, "is back")) == 1
     # Shared again: a trip here reaches the store.
     trip(breaker)
     trip(breaker)
-    wait_for(lambda: redis_server.cli("EXISTS", "tidegate:breaker:db").strip() == "1", SLACK)
+    seconds_until(lambda: redis_server.cli("EXISTS", "tidegate:breaker:db").strip() == "1", SLACK)
 
 
 def test_a_wrong_password_is_a_lost_store_told_once(
@@ -321,7 +312,7 @@ def test_a_wrong_password_is_a_lost_store_told_once(
         breaker = CircuitBreaker(
             "db", store=server.uri(password="wrong"), failure_threshold=1, poll_interval=0.05
         )
-        wait_for(lambda: store_warnings(caplog, server, "is lost"), SLACK)
+        seconds_until(lambda: store_warnings(caplog, server, "is lost"), SLACK)
         time.sleep(0.3)
         (warning,) = store_warnings(caplog, server, "is lost")
         assert "wrong" not in warning and "***" in warning
@@ -335,7 +326,7 @@ def test_garbage_at_the_key_is_told_once_and_ignored(
     caplog.set_level(logging.INFO, logger="tidegate")
     redis_server.cli("SET", "tidegate:breaker:db", "not json")
     breaker = CircuitBreaker("db", store=redis_server.uri(), poll_interval=0.05)
-    wait_for(lambda: store_warnings(caplog, redis_server, "holds no breaker record"), SLACK)
+    seconds_until(lambda: store_warnings(caplog, redis_server, "holds no breaker record"), SLACK)
     time.sleep(0.3)
     assert len(store_warnings(caplog, redis_server, "holds no breaker record")) == 1
     assert breaker.state == "closed"

@@ -15,23 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hammer
+from conftest import hammer, seconds_until
 
 from tidegate import MaintenanceStatus, MaintenanceSwitch, RetryAfter
 
 # How late a change may be seen beyond the poll interval on a busy machine.
 SLACK = 1.0
 ENV = "TIDEGATE_TEST_MAINTENANCE"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
-    """Seconds until `predicate()` held; fails after `timeout`."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not seen within {timeout}s")
-        time.sleep(0.002)
-    return time.monotonic() - start
 
 
 def delay(status: MaintenanceStatus) -> int:
@@ -167,9 +157,9 @@ def test_env_change_is_seen_within_the_poll_interval(monkeypatch: pytest.MonkeyP
     switch = MaintenanceSwitch(env_var=ENV, poll_interval=0.2)
     assert not switch.active
     monkeypatch.setenv(ENV, "yes")
-    assert wait_for(lambda: switch.active, 0.2 + SLACK) <= 0.2 + SLACK
+    assert seconds_until(lambda: switch.active, 0.2 + SLACK) <= 0.2 + SLACK
     monkeypatch.setenv(ENV, "no")
-    wait_for(lambda: not switch.active, 0.2 + SLACK)
+    seconds_until(lambda: not switch.active, 0.2 + SLACK)
 
 
 def test_env_is_not_looked_at_before_the_interval_ends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +184,7 @@ def test_missing_state_file_is_off(state_path: Path) -> None:
     switch.enable()
     assert switch.active
     state_path.unlink()
-    wait_for(lambda: not switch.active, SLACK)  # a file removed means off
+    seconds_until(lambda: not switch.active, SLACK)  # a file removed means off
 
 
 def test_enable_writes_the_documented_format(state_path: Path) -> None:
@@ -241,18 +231,18 @@ def test_a_second_switch_follows_within_the_poll_interval(state_path: Path) -> N
     reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0.2)
     slow = MaintenanceSwitch(state_path, env_var=None, poll_interval=3600)
     writer.enable(message="Upgrading")
-    wait_for(lambda: reader.active, 0.2 + SLACK)
+    seconds_until(lambda: reader.active, 0.2 + SLACK)
     assert reader.status().message == "Upgrading"
     assert not slow.active, "a switch looks no more often than its poll interval"
 
     writer.drain()
-    wait_for(lambda: reader.draining, 0.2 + SLACK)
+    seconds_until(lambda: reader.draining, 0.2 + SLACK)
     assert reader.active, "drain kept maintenance"
     writer.disable()
-    wait_for(lambda: not reader.active, 0.2 + SLACK)
+    seconds_until(lambda: not reader.active, 0.2 + SLACK)
     assert reader.draining, "disable kept the drain"
     writer.undrain()
-    wait_for(lambda: not reader.draining, 0.2 + SLACK)
+    seconds_until(lambda: not reader.draining, 0.2 + SLACK)
 
 
 CHILD = """
@@ -321,7 +311,7 @@ def test_local_drain_does_not_touch_the_file(state_path: Path) -> None:
 
     switch.enable()
     assert json.loads(state_path.read_text())["draining"] is False
-    wait_for(lambda: other.active, SLACK)
+    seconds_until(lambda: other.active, SLACK)
     assert not other.draining
     switch.undrain(local=True)
     assert not switch.draining
@@ -338,13 +328,13 @@ def test_local_maintenance_does_not_touch_the_file_and_outranks_it(state_path: P
     assert delay(status) == 9
 
     switch.enable(message="everywhere")
-    wait_for(lambda: other.status().message == "everywhere", SLACK)
+    seconds_until(lambda: other.status().message == "everywhere", SLACK)
     assert switch.status().message == "only here", "this process's own maintenance wins"
     switch.disable(local=True)
     assert (switch.status().source, switch.status().message) == ("file", "everywhere")
     switch.disable()
     assert not switch.active
-    wait_for(lambda: not other.active, SLACK)
+    seconds_until(lambda: not other.active, SLACK)
 
 
 def test_drain_without_a_file_is_local() -> None:
@@ -427,7 +417,7 @@ def test_a_bad_file_keeps_the_last_good_state_and_warns_once(
     reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
     writer.enable(message="Upgrading", retry_after=120)
     writer.drain()
-    wait_for(lambda: reader.active and reader.draining, SLACK)
+    seconds_until(lambda: reader.active and reader.draining, SLACK)
 
     breaker(state_path)
     # The poller warns from its own thread; meanwhile every read answers the last good state.
@@ -454,9 +444,9 @@ def test_a_bad_file_keeps_the_last_good_state_and_warns_once(
 
     _restore(state_path)
     writer.disable()
-    wait_for(lambda: not reader.active, SLACK)  # a good write is picked up
+    seconds_until(lambda: not reader.active, SLACK)  # a good write is picked up
     breaker(state_path)
-    wait_for(lambda: len(warnings_from(caplog)) == 2, SLACK)  # a good read re-arms the warning
+    seconds_until(lambda: len(warnings_from(caplog)) == 2, SLACK)  # a good read re-arms the warning
     assert not reader.active
 
 
@@ -488,11 +478,11 @@ def test_an_unreadable_file_keeps_the_last_good_state(
     writer = MaintenanceSwitch(state_path, env_var=None)
     reader = MaintenanceSwitch(state_path, env_var=None, poll_interval=0)
     writer.enable()
-    wait_for(lambda: reader.active, SLACK)
+    seconds_until(lambda: reader.active, SLACK)
     state_path.chmod(0)
     state_path.touch()
     try:
-        wait_for(lambda: len(warnings_from(caplog)) == 1, SLACK)
+        seconds_until(lambda: len(warnings_from(caplog)) == 1, SLACK)
         assert reader.active
     finally:
         state_path.chmod(0o644)
@@ -521,7 +511,7 @@ def test_a_message_too_large_for_any_reader_is_refused_where_it_is_written(
     # The largest message that fits is written, and every other process takes it.
     fits = "x" * 65_000
     writer.enable(message=fits)
-    wait_for(lambda: reader.status().message == fits, SLACK)
+    seconds_until(lambda: reader.status().message == fits, SLACK)
     assert MaintenanceSwitch(state_path, env_var=None).status().message == fits
     assert warnings_from(caplog) == []
 

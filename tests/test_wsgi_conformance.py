@@ -31,6 +31,7 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
+from conftest import require
 from gunicorn_apps import (
     CONFORMANCE_RETRY_AFTER,
     DEPENDENCY_RESET_TIMEOUT,
@@ -387,19 +388,9 @@ GUNICORN_KEEPS_OLD_HEADERS = (
 )
 
 
-def _unavailable(name: str) -> None:
-    reason = missing(name)
-    if reason is None:
-        return
-    # In CI every server must run: a missing one is a broken install, not a reason to skip.
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def conformance_server(name: str, **options: Any) -> ServerProcess:
     """The server ``name`` serving ``conformance_application`` with a few threads."""
-    _unavailable(name)
+    require(missing(name))
     if name == "gunicorn":
         options["threads"] = 4
     else:
