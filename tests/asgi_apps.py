@@ -78,16 +78,7 @@ OPTIONS: dict[str, Any] = {
 
 
 def stats() -> dict[str, Any]:
-    document: dict[str, Any] = meter.snapshot()
-    document.update(
-        pid=os.getpid(),
-        limit=GATE.limit,
-        in_flight=GATE.in_flight,
-        peak=GATE.peak,
-        admitted=GATE.admitted,
-        rejected=GATE.rejected,
-    )
-    return document
+    return meter.report(GATE)
 
 
 def number(query: str, name: str, default: int) -> int:

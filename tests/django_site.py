@@ -151,16 +151,7 @@ class DispatchView(View):
 
 @exempt
 def stats(request: HttpRequest) -> JsonResponse:
-    document: dict[str, Any] = meter.snapshot()
-    document.update(
-        pid=os.getpid(),
-        limit=GATE.limit,
-        in_flight=GATE.in_flight,
-        peak=GATE.peak,
-        admitted=GATE.admitted,
-        rejected=GATE.rejected,
-    )
-    return JsonResponse(document, headers={"Cache-Control": "no-store"})
+    return JsonResponse(meter.report(GATE), headers={"Cache-Control": "no-store"})
 
 
 urlpatterns = [

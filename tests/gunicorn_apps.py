@@ -83,6 +83,19 @@ class Meter:
                 "streams_closed_early": self.streams_closed_early,
             }
 
+    def report(self, gate: Any) -> dict[str, Any]:
+        """What ``/_stats`` answers: the app's own counts, the gate's, and this worker's pid."""
+        document: dict[str, Any] = self.snapshot()
+        document.update(
+            pid=os.getpid(),
+            limit=gate.limit,
+            in_flight=gate.in_flight,
+            peak=gate.peak,
+            admitted=gate.admitted,
+            rejected=gate.rejected,
+        )
+        return document
+
 
 meter = Meter()
 
@@ -163,14 +176,8 @@ _POOL = threading.Semaphore(4)
 
 def _stats(start_response: StartResponse) -> list[bytes]:
     gate = application.gate
-    document: dict[str, Any] = meter.snapshot()
+    document = meter.report(gate)
     document.update(
-        pid=os.getpid(),
-        limit=gate.limit,
-        in_flight=gate.in_flight,
-        peak=gate.peak,
-        admitted=gate.admitted,
-        rejected=gate.rejected,
         probing=getattr(gate, "probing", None),
         baseline=getattr(gate, "baseline", None),
     )
