@@ -100,8 +100,6 @@ pub struct Decider {
     seed: AtomicU64,
     /// Requests that waited longer in front of the app (`X-Request-Start`) are shed.
     max_queue_time: Option<f64>,
-    /// What the queue-time check measured, for whoever reports it.
-    pub queue_times: queue::QueueTimes,
     /// `(environ) -> int`: the request's level (`CRITICAL`, `DEFAULT`, `SHEDDABLE`), from the
     /// `priority` callable and the priority header; `None` when neither is configured.
     priority: Option<Py<PyAny>>,
@@ -207,7 +205,6 @@ impl Decider {
             record,
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             max_queue_time,
-            queue_times: queue::QueueTimes::default(),
             priority,
             shares,
             priorities: AtomicBool::new(priorities),
@@ -261,7 +258,6 @@ impl Decider {
         if let Some(limit) = self.max_queue_time {
             if let Some(waited) = self.queue_time(py, environ, environ_dict)? {
                 if waited > limit {
-                    self.queue_times.refused.fetch_add(1, Ordering::Relaxed);
                     self.count(Outcome::ShedQueueTime);
                     return self.shed(py, environ, environ_dict);
                 }
@@ -326,8 +322,8 @@ impl Decider {
     }
 
     /// How long the request waited in front of the app by its `X-Request-Start`, when the
-    /// header says so believably; recorded in `queue_times` and in the environ
-    /// (`tidegate.queue_time`, seconds).
+    /// header says so believably; recorded in `tidegate_queue_time_seconds` and in the
+    /// environ (`tidegate.queue_time`, seconds).
     fn queue_time(
         &self,
         py: Python<'_>,
@@ -347,7 +343,6 @@ impl Decider {
         let Some(waited) = queue::waited(&text, queue::now_epoch()) else {
             return Ok(None);
         };
-        self.queue_times.observe(waited);
         if self.counting() {
             metrics::observe_queue_time(std::time::Duration::from_secs_f64(waited.max(0.0)));
         }

@@ -13,7 +13,6 @@
 //! than [`MAX_SKEW`] in the future, or a wait longer than [`MAX_BELIEVABLE`] (clocks that
 //! disagree, a header made up by a client) is ignored, never an error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A start this far in the future is the proxy's clock running ahead: the wait counts as 0.
@@ -75,26 +74,6 @@ pub fn waited(header: &str, now: f64) -> Option<f64> {
         return None;
     }
     Some(waited.max(0.0))
-}
-
-/// What the queue-time check saw: how many waits it measured, their sum and the largest (in
-/// microseconds), and how many requests it refused. Metrics read these.
-#[derive(Debug, Default)]
-pub struct QueueTimes {
-    pub count: AtomicU64,
-    pub sum_micros: AtomicU64,
-    pub max_micros: AtomicU64,
-    pub refused: AtomicU64,
-}
-
-impl QueueTimes {
-    pub fn observe(&self, waited: f64) {
-        // `waited` is within [0, MAX_BELIEVABLE]: the cast is exact enough and never wraps.
-        let micros = (waited * 1e6) as u64;
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.max_micros.fetch_max(micros, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
