@@ -33,8 +33,8 @@ mod _tidegate {
     use crate::gate::{AdaptiveGatePy, GatePy, PermitPy};
     #[pymodule_export]
     use crate::maintenance::{
-        drain_process_py, process_draining_py, undrain_process_py, write_atomic_py,
-        MaintenanceStatusPy, MaintenanceSwitchPy,
+        drain_process_py, is_store_uri_py, process_draining_py, undrain_process_py,
+        write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,
     };
     #[pymodule_export]
     use crate::metrics::{

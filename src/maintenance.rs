@@ -71,8 +71,8 @@ use parking_lot::Mutex;
 use crate::store::{self, Conn, Link, Reach, StoreError};
 
 pub use py::{
-    drain_process_py, log_warning, prepare_module, process_draining_py, undrain_process_py,
-    write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,
+    drain_process_py, is_store_uri_py, log_warning, prepare_module, process_draining_py,
+    undrain_process_py, write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,
 };
 pub use state_file::{State, TooLarge, MAX_DELAY};
 

@@ -48,6 +48,7 @@ __all__ = [
     "RetryAfter",
     "__version__",
     "_format_iso",
+    "_is_store_uri",
     "_parse_iso",
     "_write_atomic",
     "drain_process",
@@ -287,6 +288,10 @@ def _format_iso(value: datetime) -> str:
     """``value`` as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC, as a state file stores it: a naive
     datetime is UTC, a fraction of a second is dropped. ``ValueError`` when the instant, in
     UTC, falls outside the years 1 to 9999."""
+
+def _is_store_uri(text: str) -> bool:
+    """Whether a ``store`` (or the CLI's ``--state``) value is meant as a URI
+    (``scheme://...``) rather than a file path, by the switch's own rule."""
 
 def _write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace the file at ``path`` with ``data`` the way a state file is written: a reader

@@ -298,6 +298,13 @@ pub fn drain_process_py() {
     super::drain_process();
 }
 
+/// `tidegate._tidegate._is_store_uri(text)`: whether a `store` / `--state` value is meant as
+/// a URI (`scheme://...`) rather than a file path, by the rule the switch itself applies.
+#[pyfunction(name = "_is_store_uri")]
+pub fn is_store_uri_py(text: &str) -> bool {
+    store::is_uri(text)
+}
+
 /// `tidegate._tidegate._write_atomic(path, data)`: replaces the file at `path` with `data` the
 /// way a state file is written (`state_file::write_atomic`), without the GIL.
 #[pyfunction(name = "_write_atomic")]

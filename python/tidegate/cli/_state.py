@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch
+from tidegate._tidegate import MaintenanceStatus, MaintenanceSwitch, _is_store_uri
 from tidegate.cli._errors import PROG, CommandError, UsageError
 from tidegate.cli._values import human_duration, human_time, utc_now
 from tidegate.responses import iso_utc
@@ -79,16 +79,10 @@ def _state_target(args: argparse.Namespace, *, writing: bool) -> Path | str:
     text = args.state or os.environ.get(STATE_ENV, "")
     if not text:
         raise UsageError(args.prog, f"argument --state is required (or set {STATE_ENV})")
-    if is_store_uri(text):
+    # The switch's own rule: a URI it knows is used, one it does not is refused by it.
+    if _is_store_uri(text):
         return text
     return target_path(args.prog, "--state", text, writing=writing)
-
-
-def is_store_uri(text: str) -> bool:
-    """Whether ``text`` is meant as a URI (``scheme://...``): the switch accepts the ones it
-    knows and refuses the rest, rather than taking them for a file path."""
-    scheme, sep, _ = text.partition("://")
-    return bool(sep) and scheme[:1].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)
 
 
 def open_switch(args: argparse.Namespace, *, writing: bool) -> tuple[MaintenanceSwitch, list[str]]:
