@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
-from tidegate._tidegate import AdaptiveGate, CapacityGate, MaintenanceSwitch, process_draining
+from tidegate._tidegate import (
+    PRIORITY_CRITICAL,
+    PRIORITY_DEFAULT,
+    PRIORITY_SHEDDABLE,
+    AdaptiveGate,
+    CapacityGate,
+    MaintenanceSwitch,
+    process_draining,
+)
 from tidegate.metrics import render as metrics_render
 from tidegate.responses import STATUS, ErrorPages, Rendered, prefers_html
 
@@ -49,6 +57,27 @@ _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: The priority levels, as the decision core numbers them.
 LEVELS = {"critical": 0, "default": 1, "sheddable": 2}
+
+#: A view's priority as the decision core's ``exempt`` flags carry it, by level.
+_PRIORITY_FLAGS = {
+    "critical": PRIORITY_CRITICAL,
+    "default": PRIORITY_DEFAULT,
+    "sheddable": PRIORITY_SHEDDABLE,
+}
+#: Every priority flag.
+PRIORITY_MASK = PRIORITY_CRITICAL | PRIORITY_DEFAULT | PRIORITY_SHEDDABLE
+
+
+def priority_flag(level: object) -> int:
+    """The flag of a view decorator's ``level``; a ``TypeError``/``ValueError`` naming
+    ``priority`` for anything else."""
+    if not isinstance(level, str):
+        raise TypeError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    flag = _PRIORITY_FLAGS.get(level)
+    if flag is None:
+        raise ValueError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    return flag
+
 
 #: How much of the limit each level may fill while priorities are in use: a sheddable request
 #: is refused once half the limit is busy, a default one at 90 %, a critical one only when the

@@ -23,13 +23,10 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from tidegate._options import Options, unknown_option
-from tidegate._policy import Policy, PolicyParts
+from tidegate._policy import Policy, PolicyParts, priority_flag
 from tidegate._tidegate import (
     EXEMPT_GATE,
     EXEMPT_MAINTENANCE,
-    PRIORITY_CRITICAL,
-    PRIORITY_DEFAULT,
-    PRIORITY_SHEDDABLE,
     CircuitOpenError,
     DecisionCore,
 )
@@ -58,12 +55,6 @@ PRIORITY_ATTRIBUTE = "tidegate_priority"
 #: Where the middleware leaves the request for the ``priority`` callable (only when one is set).
 _REQUEST_KEY = "tidegate.request"
 
-_PRIORITY_FLAGS = {
-    "critical": PRIORITY_CRITICAL,
-    "default": PRIORITY_DEFAULT,
-    "sheddable": PRIORITY_SHEDDABLE,
-}
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: How many paths each middleware remembers the exemption of.
@@ -88,19 +79,10 @@ def exempt(
     ``as_view()`` returns, a class-based view's class, or its ``dispatch`` (through
     ``method_decorator``)."""
 
+    flags = (EXEMPT_GATE if gate else 0) | (EXEMPT_MAINTENANCE if maintenance else 0)
+
     def mark(fn: F) -> F:
-        global _views_marked
-        if not callable(fn):
-            raise TypeError(f"exempt: expected a view, got {fn!r}")
-        flags = (EXEMPT_GATE if gate else 0) | (EXEMPT_MAINTENANCE if maintenance else 0)
-        try:
-            setattr(fn, EXEMPT_ATTRIBUTE, flags)
-        except (AttributeError, TypeError):
-            raise TypeError(
-                f"exempt: cannot mark {fn!r} (no attributes can be set on it)"
-            ) from None
-        _views_marked = True
-        return fn
+        return _set_mark(fn, "exempt", EXEMPT_ATTRIBUTE, flags)
 
     return mark(view) if view is not None else mark
 
@@ -109,26 +91,27 @@ def priority(level: str, /) -> Callable[[F], F]:
     """Gives a view a priority: ``@priority("critical")`` (or ``"default"``, ``"sheddable"``).
     Under pressure sheddable views are refused first and critical ones last; see
     ``priority_shares``. Marks views as :func:`exempt` does."""
-    if not isinstance(level, str):
-        raise TypeError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
-    flag = _PRIORITY_FLAGS.get(level)
-    if flag is None:
-        raise ValueError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
+    flag = priority_flag(level)
 
     def mark(fn: F) -> F:
-        global _views_marked
-        if not callable(fn):
-            raise TypeError(f"priority: expected a view, got {fn!r}")
-        try:
-            setattr(fn, PRIORITY_ATTRIBUTE, flag)
-        except (AttributeError, TypeError):
-            raise TypeError(
-                f"priority: cannot mark {fn!r} (no attributes can be set on it)"
-            ) from None
-        _views_marked = True
-        return fn
+        return _set_mark(fn, "priority", PRIORITY_ATTRIBUTE, flag)
 
     return mark
+
+
+def _set_mark(fn: F, decorator: str, attribute: str, flags: int) -> F:
+    """Leaves ``flags`` on the view ``fn`` for the middleware; errors name ``decorator``."""
+    global _views_marked
+    if not callable(fn):
+        raise TypeError(f"{decorator}: expected a view, got {fn!r}")
+    try:
+        setattr(fn, attribute, flags)
+    except (AttributeError, TypeError):
+        raise TypeError(
+            f"{decorator}: cannot mark {fn!r} (no attributes can be set on it)"
+        ) from None
+    _views_marked = True
+    return fn
 
 
 def _mark(view: object, attribute: str) -> int:

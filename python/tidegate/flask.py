@@ -26,13 +26,10 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
 from tidegate._options import FLASK_CONFIG_KEYS, Options, signature_with_options, unknown_option
-from tidegate._policy import Policy, PolicyParts
+from tidegate._policy import PRIORITY_MASK, Policy, PolicyParts, priority_flag
 from tidegate._tidegate import (
     EXEMPT_GATE,
     EXEMPT_MAINTENANCE,
-    PRIORITY_CRITICAL,
-    PRIORITY_DEFAULT,
-    PRIORITY_SHEDDABLE,
     CircuitOpenError,
     DecisionCore,
     PreprocessRequest,
@@ -182,7 +179,7 @@ class TideGate:
             self._exempt[fn] = (
                 (EXEMPT_GATE if gate else 0)
                 | (EXEMPT_MAINTENANCE if maintenance else 0)
-                | (self._exempt.get(fn, 0) & _PRIORITY_MASK)
+                | (self._exempt.get(fn, 0) & PRIORITY_MASK)
             )
             return fn
 
@@ -192,33 +189,15 @@ class TideGate:
         """Gives a view a priority: ``@tidegate.priority("critical")`` (or ``"default"``,
         ``"sheddable"``). Under pressure sheddable views are refused first and critical ones
         last; see ``priority_shares``."""
-        flag = _priority_flag(level)
+        flag = priority_flag(level)
 
         def mark(fn: F) -> F:
             if not callable(fn):
                 raise TypeError(f"priority: expected a view function, got {fn!r}")
-            self._exempt[fn] = (self._exempt.get(fn, 0) & ~_PRIORITY_MASK) | flag
+            self._exempt[fn] = (self._exempt.get(fn, 0) & ~PRIORITY_MASK) | flag
             return fn
 
         return mark
-
-
-#: The priority flags of a view, by level.
-_PRIORITY_FLAGS = {
-    "critical": PRIORITY_CRITICAL,
-    "default": PRIORITY_DEFAULT,
-    "sheddable": PRIORITY_SHEDDABLE,
-}
-_PRIORITY_MASK = PRIORITY_CRITICAL | PRIORITY_DEFAULT | PRIORITY_SHEDDABLE
-
-
-def _priority_flag(level: object) -> int:
-    if not isinstance(level, str):
-        raise TypeError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
-    flag = _PRIORITY_FLAGS.get(level)
-    if flag is None:
-        raise ValueError(f"priority: must be 'critical', 'default' or 'sheddable', got {level!r}")
-    return flag
 
 
 def _current_request(environ: Any) -> Any:
