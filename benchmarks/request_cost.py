@@ -28,11 +28,8 @@ The targets checked at the end:
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify
+from harness import instructions_per_request
 from werkzeug.test import EnvironBuilder
 
 from tidegate import AdaptiveGate, MaintenanceSwitch
@@ -208,7 +206,7 @@ def median(samples: list[float]) -> float:
 def added(samples: dict[str, list[float]], name: str, floor: str) -> float:
     """What ``name`` adds to ``floor``: the median of the differences within each round, so a
     round the whole machine ran slow in moves both sides alike."""
-    return statistics.median(c - f for c, f in zip(samples[name], samples[floor]))
+    return statistics.median(c - f for c, f in zip(samples[name], samples[floor], strict=True))
 
 
 def admitted_apps(switch: MaintenanceSwitch) -> dict[str, App]:
@@ -243,42 +241,15 @@ def run_one(name: str, n: int) -> None:
         per_request_us(app, environ, n)
 
 
-def instructions_per_request(name: str) -> float | None:
-    """Instructions one request through ``name`` costs, counted by callgrind: the difference
-    between a long and a short run, so start-up cancels out. The same binary and inputs give
-    the same count whatever else the machine is doing."""
-    counts = []
-    for n in (1_000, 6_000):
-        done = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                "--run-one",
-                name,
-                str(n),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            # A fixed hash seed: dict layouts, and so the counts, are then the same every run.
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if done.returncode != 0 or found is None:
-            return None
-        counts.append(int(found.group(1)))
-    return (counts[1] - counts[0]) / 5_000
-
-
 def report_instructions() -> bool:
     """Prints instructions per request and the admitted-path targets they meet."""
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: no instruction counts")
         return False
-    counts = {name: instructions_per_request(name) for name in admitted_apps(MaintenanceSwitch())}
+    counts = {
+        name: instructions_per_request(__file__, name)
+        for name in admitted_apps(MaintenanceSwitch())
+    }
     if any(value is None for value in counts.values()):
         print("callgrind failed: no instruction counts")
         return False
@@ -425,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tidegate's 503 is {cheaper:.0f} x cheaper than the seed's Flask 503 (target >= 50)")
     print(f"tidegate's full 503 costs {bare_503:.2f} x the careful gate's bare 503 (<= 1.25)")
     metrics_cost = statistics.median(
-        on - off for on, off in zip(metrics_rounds["on"], metrics_rounds["off"])
+        on - off for on, off in zip(metrics_rounds["on"], metrics_rounds["off"], strict=True)
     )
     print(f"metrics on add {metrics_cost:.3f} us to an admitted request (target <= 0.15)")
     met = (
