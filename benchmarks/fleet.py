@@ -74,7 +74,7 @@ def cost(redis: RedisServer, rounds: int, n: int) -> dict[str, float]:
     folder.cleanup()
     bare = samples["bare app"]
     return {
-        name: statistics.median(s - b for s, b in zip(samples[name], bare))
+        name: statistics.median(s - b for s, b in zip(samples[name], bare, strict=True))
         for name in ("state file", "Redis store")
     }
 

@@ -239,6 +239,7 @@ def soak(requests: int, *, threads: int = 8, limit: int = 4, seed: int = 1) -> S
             for fault, ending in zip(
                 rng.choices(fault_names, fault_weights, k=count),
                 rng.choices(ending_names, ending_weights, k=count),
+                strict=True,
             ):
                 # Parked bodies are closed later, by whichever thread comes by.
                 if parked and rng.random() < UNPARK_SHARE:

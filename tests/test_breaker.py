@@ -11,7 +11,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from conftest import hammer

@@ -485,10 +485,10 @@ def test_two_servers_on_one_metrics_dir_keep_their_own_counts(tmp_path: Path) ->
     ]
     with servers[0], servers[1]:
         assert len(list(tmp_path.iterdir())) == 2
-        for count, server in zip((3, 5), servers):
+        for count, server in zip((3, 5), servers, strict=True):
             for _ in range(count):
                 assert server.fetch("/work").status == 200
-        for count, server in zip((3, 5), servers):
+        for count, server in zip((3, 5), servers, strict=True):
             samples = counters(parse(server.fetch("/metrics").body))
             assert requests(samples, "admitted", "none") == count
     assert list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ import math
 import os
 import string
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
 from tidegate._tidegate import (
@@ -51,8 +51,8 @@ DEFAULT_HEALTH_PATHS = ("/health", "/health/live")
 
 logger = logging.getLogger("tidegate")
 
-_Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 #: The priority levels, as the decision core numbers them.

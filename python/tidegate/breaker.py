@@ -13,9 +13,10 @@ import functools
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Callable, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from tidegate._tidegate import CircuitBreaker as _NativeCircuitBreaker
 from tidegate._tidegate import CircuitOpenError

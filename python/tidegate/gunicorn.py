@@ -49,9 +49,9 @@ import signal as _signal
 import tempfile
 import threading as _threading
 import time as _time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Protocol
 
 from tidegate import metrics as _metrics
 from tidegate._tidegate import drain_process as _drain_process
@@ -76,7 +76,7 @@ DEFAULT_DRAIN_SECONDS = 5.0
 #: Time left to in-flight work between the end of the drain and Gunicorn's kill.
 _SHUTDOWN_MARGIN = 1.0
 
-_Handler = Callable[[int, Union[FrameType, None]], Any]
+_Handler = Callable[[int, FrameType | None], Any]
 
 
 class _Log(Protocol):

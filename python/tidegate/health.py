@@ -22,8 +22,9 @@ import math
 import reprlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, TypedDict, TypeVar
+from typing import Literal, Protocol, TypedDict, TypeVar
 
 from tidegate._tidegate import metrics_health_check, process_draining
 

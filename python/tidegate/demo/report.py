@@ -118,7 +118,7 @@ def table(report: dict[str, Any]) -> str:
     def render(cells: tuple[str, ...]) -> str:
         return "  ".join(
             cell.rjust(width) if i in _RIGHT else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths))
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
         ).rstrip()
 
     out = [render(HEADERS), render(tuple("-" * w for w in widths))]
