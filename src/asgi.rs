@@ -13,6 +13,13 @@
 //! being cancelled. Work an app does after its last body (Starlette's background tasks) holds
 //! no permit. No Python code of ours runs on the admitted path: the app's coroutine is driven
 //! through [`Exchange`], an awaitable that forwards every step to it.
+//!
+//! Both the app's coroutine and the server's `send` of the last body take their first step at
+//! once, where they are called, as an eager task's coroutine does (asyncio's
+//! `eager_task_factory`): what needs no waiting (an app that answers from memory, a `send` the
+//! socket takes whole) is then over before it is awaited, and what is awaited is one finished
+//! awaitable shared by every request, with no object of its own and no step forwarded. Whatever does wait goes on through [`Exchange`]
+//! or [`LastBody`], which hand the server what the first step yielded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -22,12 +29,15 @@ use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::PyTraverseError;
+
+mod step;
 
 use crate::decide::{is_head, Decider, DecisionConfig, Verdict};
 use crate::errors::config_error;
 use crate::gate::PermitPy;
+use step::Step;
 
 /// An answer of ours in ASGI's terms: what `http.response.start` and `http.response.body` say.
 struct Reply {
@@ -102,6 +112,10 @@ struct Config {
     dependency_error: Py<PyAny>,
     /// The overload 503 of each of the decision's variants, as `(json, html)`.
     overload: Vec<(Reply, Reply)>,
+    /// What a call that was over at once returns for the server or the app to await: a
+    /// finished generator flagged as an awaitable (`types.coroutine`), which every await
+    /// leaves at once, inside the interpreter.
+    done: Py<PyAny>,
 }
 
 /// The Rust half of `tidegate.asgi.TideGateMiddleware`. Not for direct use.
@@ -121,7 +135,8 @@ impl AsgiCore {
     }
 
     /// Sets everything the request path needs; callable once.
-    #[pyo3(signature = (*, app, decision, other, answer, dependency_error))]
+    #[pyo3(signature = (*, app, decision, other, answer, dependency_error, done))]
+    #[allow(clippy::too_many_arguments)]
     fn _configure(
         &self,
         py: Python<'_>,
@@ -130,6 +145,7 @@ impl AsgiCore {
         other: Py<PyAny>,
         answer: Py<PyAny>,
         dependency_error: Py<PyAny>,
+        done: Py<PyAny>,
     ) -> PyResult<()> {
         let decider = Decider::new(py, decision)?;
         let overload = decider
@@ -149,6 +165,7 @@ impl AsgiCore {
             answer,
             dependency_error,
             overload,
+            done,
         };
         self.config
             .set(config)
@@ -167,7 +184,7 @@ impl AsgiCore {
         let config = slf.get().configured()?;
         let http = match scope.cast::<PyDict>() {
             Ok(dict) => match dict.get_item(intern!(py, "type"))? {
-                Some(kind) if kind.eq(intern!(py, "http"))? => Some(dict),
+                Some(kind) if text(&kind) == Some("http") => Some(dict),
                 _ => None,
             },
             Err(_) => None,
@@ -183,25 +200,28 @@ impl AsgiCore {
                     *this.slot.lock() = Some((*ticket, config.decider.since()));
                 }
                 this.holds.store(gate.is_some(), Ordering::Release);
-                let started = config
+                let steps = match config
                     .app
                     .bind(py)
                     .call1((scope, receive, &exchange))
-                    .and_then(|awaitable| {
-                        Ok(awaitable
-                            .call_method0(intern!(py, "__await__"))?
-                            .cast_into::<PyIterator>()?)
-                    });
-                match started {
-                    Ok(steps) => {
-                        *this.steps.lock() = Some(steps.unbind());
-                        Ok(exchange.into_any())
-                    }
+                    .and_then(|awaitable| steppable(&awaitable))
+                {
+                    Ok(steps) => steps,
                     Err(err) => {
                         this.release();
-                        Err(err)
+                        return Err(err);
                     }
-                }
+                };
+                *this.steps.lock() = Some(steps.clone().unbind());
+                // The app's first step, now: an app that answers without waiting is over here.
+                let first = step::send(&steps, &py.None().into_bound(py));
+                let first = match Exchange::after_step(&exchange, first) {
+                    Ok(None) => return Ok(config.done.bind(py).clone()),
+                    Ok(Some(yielded)) => First::Yielded(yielded.unbind()),
+                    Err(err) => First::Raised(err),
+                };
+                *this.first.lock() = Some(first);
+                Ok(exchange.into_any())
             }
             Verdict::Answer(rendered) => {
                 let head = is_head(py, exchange.as_any(), None)?;
@@ -261,7 +281,9 @@ impl AsgiCore {
 /// - the `send` the app is given (`__call__`): it notes the start of the response and gives
 ///   the permit back at the last body, then hands the message on;
 /// - the awaitable the server awaits (`__await__`, `__next__`, `send`, `throw`, `close`): it
-///   forwards every step to the app's coroutine and gives the permit back when that ends.
+///   forwards every step to the app's coroutine and gives the permit back when that ends. Its
+///   first step was taken where the middleware was called; the server's first step is handed
+///   what that one yielded.
 ///
 /// An open breaker's error out of the app becomes the dependency 503 while no response has
 /// gone out. Frameworks answer an error with a 500 before they raise it again (Starlette's
@@ -285,7 +307,10 @@ pub struct Exchange {
     answering: AtomicBool,
     /// What the awaitable steps through: the app's coroutine, then, to finish, the sending of
     /// an answer of ours or of the held-back messages; `None` once over.
-    steps: Mutex<Option<Py<PyIterator>>>,
+    steps: Mutex<Option<Py<PyAny>>>,
+    /// How the first step, taken when the middleware was called, came out while the app went
+    /// on: the server's first step hands it over.
+    first: Mutex<Option<First>>,
     held: Mutex<Vec<Py<PyAny>>>,
 }
 
@@ -301,6 +326,7 @@ impl Exchange {
             holding: AtomicBool::new(false),
             answering: AtomicBool::new(false),
             steps: Mutex::new(None),
+            first: Mutex::new(None),
             held: Mutex::new(Vec::new()),
         }
     }
@@ -324,19 +350,17 @@ impl Exchange {
     }
 
     /// What one step of the app (or of our sending) came to: `Some` value it yields, `None`
-    /// when all is over, or the error to raise. `outcome` is the step's result, `None` or a
-    /// `StopIteration` when it ended.
+    /// when all is over, or the error to raise.
     fn after_step<'py>(
         slf: &Bound<'py, Self>,
-        outcome: Option<PyResult<Bound<'py, PyAny>>>,
+        outcome: Step<'py>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let this = slf.get();
         let error = match outcome {
-            Some(Ok(value)) => return Ok(Some(value)),
-            None => None,
-            Some(Err(err)) if err.is_instance_of::<PyStopIteration>(py) => None,
-            Some(Err(err)) => Some(err),
+            Step::Yielded(value) => return Ok(Some(value)),
+            Step::Returned => None,
+            Step::Raised(err) => Some(err),
         };
         this.release();
         if this.answering.load(Ordering::Acquire) {
@@ -373,23 +397,94 @@ impl Exchange {
                 return error.map_or(Ok(None), Err);
             }
         };
-        let mut steps = config
+        let steps = config
             .answer
             .bind(py)
-            .call1((this.send.bind(py), messages, error))?
-            .call_method0(intern!(py, "__await__"))?
-            .cast_into::<PyIterator>()?;
+            .call1((this.send.bind(py), messages, error))?;
         this.answering.store(true, Ordering::Release);
         *this.steps.lock() = Some(steps.clone().unbind());
-        let first = steps.next();
+        let first = step::send(&steps, &py.None().into_bound(py));
         Self::after_step(slf, first)
     }
 
-    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyIterator>> {
+    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.steps
             .lock()
             .as_ref()
             .map(|steps| steps.bind(py).clone())
+    }
+
+    /// One step the server asked for, with `value` (`None` but to a coroutine that waits for
+    /// a value): the first one hands over what the step taken at the call yielded.
+    fn resume<'py>(
+        slf: &Bound<'py, Self>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(first) = this.first.lock().take() {
+            return first.handed(py);
+        }
+        let Some(steps) = this.current(py) else {
+            return Ok(None);
+        };
+        Self::after_step(slf, step::send(&steps, value))
+    }
+
+    /// Hands the last body on and gives the permit back once the server has taken it. Its
+    /// `send` takes its first step here: one that needs no waiting is over before the app
+    /// awaits it, and the app awaits the finished awaitable.
+    fn send_last<'py>(
+        slf: &Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let sending = match this
+            .send
+            .bind(py)
+            .call1((message,))
+            .and_then(|awaitable| steppable(&awaitable))
+        {
+            Ok(sending) => sending,
+            Err(err) => {
+                this.release();
+                return Err(err);
+            }
+        };
+        match step::send(&sending, &py.None().into_bound(py)) {
+            Step::Returned => {
+                this.release();
+                Ok(this.core.get().configured()?.done.bind(py).clone())
+            }
+            Step::Raised(err) => {
+                this.release();
+                let last = LastBody {
+                    exchange: slf.clone().unbind(),
+                    steps: Mutex::new(None),
+                    first: Mutex::new(Some(First::Raised(err))),
+                };
+                Ok(Bound::new(py, last)?.into_any())
+            }
+            Step::Yielded(first) => {
+                let last = LastBody {
+                    exchange: slf.clone().unbind(),
+                    steps: Mutex::new(Some(sending.unbind())),
+                    first: Mutex::new(Some(First::Yielded(first.unbind()))),
+                };
+                Ok(Bound::new(py, last)?.into_any())
+            }
+        }
+    }
+
+    /// Keeps `message` (part of a 500) back until the app ends; the app awaits nothing.
+    fn hold<'py>(
+        &self,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.held.lock().push(message.clone().unbind());
+        Ok(self.core.get().configured()?.done.bind(py).clone())
     }
 
     /// The request header `name` (lowercase, `-` between words) as WSGI would give it:
@@ -482,42 +577,38 @@ impl Exchange {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        let mut hold = false;
-        if let Ok(fields) = message.cast::<PyDict>() {
-            if let Some(kind) = fields.get_item(intern!(py, "type"))? {
-                if kind.eq(intern!(py, "http.response.body"))? {
-                    let more = match fields.get_item(intern!(py, "more_body"))? {
-                        Some(more) => more.is_truthy()?,
-                        None => false,
-                    };
-                    hold = this.holding.load(Ordering::Acquire);
-                    if !more && !hold {
-                        // The permit goes back once the server has taken the last body.
-                        let sending = this.send.bind(py).call1((message,))?;
-                        return LastBody::after(&sending, slf);
-                    }
-                    if !more {
-                        this.release();
-                    }
-                } else if kind.eq(intern!(py, "http.response.start"))? {
-                    let status = fields.get_item(intern!(py, "status"))?;
-                    if status.is_some_and(|status| status.extract::<i64>().ok() == Some(500)) {
-                        this.holding.store(true, Ordering::Release);
-                        hold = true;
-                    } else {
-                        this.started.store(true, Ordering::Release);
-                    }
+        let Ok(fields) = message.cast::<PyDict>() else {
+            return this.send.bind(py).call1((message,));
+        };
+        let Some(kind) = fields.get_item(intern!(py, "type"))? else {
+            return this.send.bind(py).call1((message,));
+        };
+        match text(&kind) {
+            Some("http.response.body") => {
+                let more = match fields.get_item(intern!(py, "more_body"))? {
+                    Some(more) => more.is_truthy()?,
+                    None => false,
+                };
+                let holding = this.holding.load(Ordering::Acquire);
+                if !more && !holding {
+                    return Self::send_last(slf, message);
+                }
+                if !more {
+                    this.release();
+                }
+                if holding {
+                    return this.hold(py, message);
                 }
             }
-        }
-        if hold {
-            this.held.lock().push(message.clone().unbind());
-            let config = this.core.get().configured()?;
-            let nothing = PyList::empty(py);
-            return config
-                .answer
-                .bind(py)
-                .call1((this.send.bind(py), nothing, py.None()));
+            Some("http.response.start") => {
+                let status = fields.get_item(intern!(py, "status"))?;
+                if status.is_some_and(|status| status.extract::<i64>().ok() == Some(500)) {
+                    this.holding.store(true, Ordering::Release);
+                    return this.hold(py, message);
+                }
+                this.started.store(true, Ordering::Release);
+            }
+            _ => {}
         }
         this.send.bind(py).call1((message,))
     }
@@ -527,27 +618,13 @@ impl Exchange {
     }
 
     fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(mut steps) = slf.get().current(slf.py()) else {
-            return Ok(None);
-        };
-        let outcome = steps.next();
-        Self::after_step(slf, outcome)
+        Self::resume(slf, &slf.py().None().into_bound(slf.py()))
     }
 
     /// The generator protocol's `send` (the server's, not the app's).
     #[pyo3(signature = (value, /))]
     fn send<'py>(slf: &Bound<'py, Self>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let Some(steps) = slf.get().current(py) else {
-            return Err(PyStopIteration::new_err(()));
-        };
-        let outcome = if value.is_none() {
-            let mut steps = steps;
-            steps.next()
-        } else {
-            Some(steps.call_method1(intern!(py, "send"), (value,)))
-        };
-        Self::after_step(slf, outcome)?.ok_or_else(|| PyStopIteration::new_err(()))
+        Self::resume(slf, value)?.ok_or_else(|| PyStopIteration::new_err(()))
     }
 
     /// Passes an exception (a cancellation) on to the app's coroutine.
@@ -557,16 +634,19 @@ impl Exchange {
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        // A yield not handed over yet is dropped: the exception goes where the app waits.
+        slf.get().first.lock().take();
         let Some(steps) = slf.get().current(py) else {
             // Nothing left to throw into: raised here, as a finished coroutine does.
             return Err(thrown(args)?);
         };
-        let outcome = steps.call_method1(intern!(py, "throw"), args);
-        Self::after_step(slf, Some(outcome))?.ok_or_else(|| PyStopIteration::new_err(()))
+        let outcome = step::throw(&steps, args);
+        Self::after_step(slf, outcome)?.ok_or_else(|| PyStopIteration::new_err(()))
     }
 
     /// Closes the app's coroutine (the server gave up on it) and gives the permit back.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.first.lock().take();
         let steps = self.steps.lock().take();
         let outcome = match steps {
             Some(steps) => steps.bind(py).call_method0(intern!(py, "close")).map(drop),
@@ -585,6 +665,11 @@ impl Exchange {
                 visit.call(steps)?;
             }
         }
+        if let Some(first) = self.first.try_lock() {
+            if let Some(First::Yielded(first)) = first.as_ref() {
+                visit.call(first)?;
+            }
+        }
         if let Some(held) = self.held.try_lock() {
             for message in held.iter() {
                 visit.call(message)?;
@@ -595,6 +680,7 @@ impl Exchange {
 
     fn __clear__(&self) {
         self.steps.lock().take();
+        self.first.lock().take();
         self.held.lock().clear();
     }
 }
@@ -644,58 +730,45 @@ impl Exchange {
     }
 }
 
-/// The server's `send` of the last body, awaited through this: once it is done (or failed),
-/// the request's permit goes back.
+/// The server's `send` of the last body when its first step had to wait, awaited through
+/// this: once it is done (or failed), the request's permit goes back.
 #[pyclass(module = "tidegate._tidegate", frozen)]
 pub struct LastBody {
     exchange: Py<Exchange>,
-    steps: Mutex<Option<Py<PyIterator>>>,
+    steps: Mutex<Option<Py<PyAny>>>,
+    /// How the first step came out, for the app's first step.
+    first: Mutex<Option<First>>,
 }
 
 impl LastBody {
-    fn after<'py>(
-        sending: &Bound<'py, PyAny>,
-        exchange: &Bound<'py, Exchange>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = sending.py();
-        let steps = match sending
-            .call_method0(intern!(py, "__await__"))
-            .and_then(|steps| Ok(steps.cast_into::<PyIterator>()?))
-        {
-            Ok(steps) => steps,
-            Err(err) => {
-                exchange.get().release();
-                return Err(err);
-            }
-        };
-        let last = LastBody {
-            exchange: exchange.clone().unbind(),
-            steps: Mutex::new(Some(steps.unbind())),
-        };
-        Ok(Bound::new(py, last)?.into_any())
-    }
-
-    fn after_step<'py>(
-        &self,
-        py: Python<'py>,
-        outcome: Option<PyResult<Bound<'py, PyAny>>>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn after_step<'py>(&self, outcome: Step<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let error = match outcome {
-            Some(Ok(value)) => return Ok(Some(value)),
-            None => None,
-            Some(Err(err)) if err.is_instance_of::<PyStopIteration>(py) => None,
-            Some(Err(err)) => Some(err),
+            Step::Yielded(value) => return Ok(Some(value)),
+            Step::Returned => None,
+            Step::Raised(err) => Some(err),
         };
         self.steps.lock().take();
         self.exchange.get().release();
         error.map_or(Ok(None), Err)
     }
 
-    fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyIterator>> {
-        self.steps
+    fn resume<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Some(first) = self.first.lock().take() {
+            return first.handed(py);
+        }
+        let steps = self
+            .steps
             .lock()
             .as_ref()
-            .map(|steps| steps.bind(py).clone())
+            .map(|steps| steps.bind(py).clone());
+        let Some(steps) = steps else {
+            return Ok(None);
+        };
+        self.after_step(step::send(&steps, value))
     }
 }
 
@@ -706,24 +779,12 @@ impl LastBody {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(mut steps) = self.current(py) else {
-            return Ok(None);
-        };
-        let outcome = steps.next();
-        self.after_step(py, outcome)
+        self.resume(py, &py.None().into_bound(py))
     }
 
     #[pyo3(signature = (value, /))]
     fn send<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let Some(mut steps) = self.current(py) else {
-            return Err(PyStopIteration::new_err(()));
-        };
-        let outcome = if value.is_none() {
-            steps.next()
-        } else {
-            Some(steps.call_method1(intern!(py, "send"), (value,)))
-        };
-        self.after_step(py, outcome)?
+        self.resume(py, value)?
             .ok_or_else(|| PyStopIteration::new_err(()))
     }
 
@@ -733,15 +794,22 @@ impl LastBody {
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let Some(steps) = self.current(py) else {
+        self.first.lock().take();
+        let steps = self
+            .steps
+            .lock()
+            .as_ref()
+            .map(|steps| steps.bind(py).clone());
+        let Some(steps) = steps else {
             return Err(thrown(args)?);
         };
-        let outcome = steps.call_method1(intern!(py, "throw"), args);
-        self.after_step(py, Some(outcome))?
+        let outcome = step::throw(&steps, args);
+        self.after_step(outcome)?
             .ok_or_else(|| PyStopIteration::new_err(()))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.first.lock().take();
         let steps = self.steps.lock().take();
         self.exchange.get().release();
         match steps {
@@ -757,12 +825,49 @@ impl LastBody {
                 visit.call(steps)?;
             }
         }
+        if let Some(first) = self.first.try_lock() {
+            if let Some(First::Yielded(first)) = first.as_ref() {
+                visit.call(first)?;
+            }
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
         self.steps.lock().take();
+        self.first.lock().take();
     }
+}
+
+/// How a step taken at a call came out, kept for the first step of what the call returned:
+/// an error, too, comes out of the await, where the caller looks for it.
+enum First {
+    Yielded(Py<PyAny>),
+    Raised(PyErr),
+}
+
+impl First {
+    fn handed(self, py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+        match self {
+            First::Yielded(value) => Ok(Some(value.into_bound(py))),
+            First::Raised(err) => Err(err),
+        }
+    }
+}
+
+/// What a step can be sent into: a native coroutine as it is, any other awaitable through
+/// its `__await__`.
+fn steppable<'py>(awaitable: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if step::is_coroutine(awaitable) {
+        Ok(awaitable.clone())
+    } else {
+        awaitable.call_method0(intern!(awaitable.py(), "__await__"))
+    }
+}
+
+/// `value` as text, when it is a `str`.
+fn text<'a>(value: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    value.cast::<PyString>().ok()?.to_str().ok()
 }
 
 /// The exception `throw(type, value=None, traceback=None)` asks to raise, for an awaitable

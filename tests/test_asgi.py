@@ -153,18 +153,94 @@ def test_a_cancelled_request_gives_its_permit_back(recorder: Recorder) -> None:
     assert app.gate.in_flight == 0 and recorder.inside == 0
 
 
-@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
 def test_an_awaitable_never_awaited_gives_its_permit_back(recorder: Recorder) -> None:
     app = middleware(recorder, limit=1)
 
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
     async def never() -> None:
-        pending = app(scope_for(), None, None)
+        pending = app(scope_for("GET", "/wait"), receive, send)
         assert app.gate.in_flight == 1
         del pending
 
     run(never())
     gc.collect()
+    assert app.gate.in_flight == 0 and recorder.inside == 0
+
+
+def test_an_error_at_the_apps_first_step_comes_out_of_the_await(recorder: Recorder) -> None:
+    app = middleware(recorder, limit=1)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def call_then_await() -> None:
+        pending = app(scope_for("GET", "/raise"), receive, send)  # the call itself succeeds
+        assert app.gate.in_flight == 0  # the app failed in its first step: given back
+        with pytest.raises(Boom):
+            await pending
+
+    run(call_then_await())
     assert app.gate.in_flight == 0
+
+
+def test_a_last_body_the_server_takes_slowly_holds_the_permit_until_it_is_taken(
+    recorder: Recorder,
+) -> None:
+    app = middleware(recorder, limit=1)
+    seen: list[tuple[str, int]] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def slow_send(message: Message) -> None:
+        # A client that reads slowly: the server's send waits for the socket, more than once.
+        for _ in range(3):
+            await asyncio.sleep(0)
+            seen.append((message["type"], app.gate.in_flight))
+
+    async def serve_one() -> None:
+        await app(scope_for("GET", "/"), receive, slow_send)
+        seen.append(("after", app.gate.in_flight))
+
+    run(serve_one())
+    start, body = [("http.response.start", 1)] * 3, [("http.response.body", 1)] * 3
+    assert seen == start + body + [("after", 0)]
+
+
+def test_a_last_body_the_server_fails_to_send_raises_in_the_app_and_gives_the_permit_back() -> None:
+    gate = CapacityGate(1)
+    raised: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.body", "body": b"ok"})
+        except OSError as error:
+            raised.append(str(error))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def broken_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset")
+
+    async def waiting_broken_send(message: Message) -> None:
+        await asyncio.sleep(0)
+        await broken_send(message)
+
+    for send in (broken_send, waiting_broken_send):
+        run(middleware(app, gate=gate)(scope_for("GET", "/"), receive, send))
+        assert gate.in_flight == 0
+    assert raised == ["connection reset"] * 2
 
 
 def test_a_streamed_body_cut_by_a_hang_up_gives_its_permit_back() -> None:

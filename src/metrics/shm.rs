@@ -1,5 +1,5 @@
-//! The only unsafe code in tidegate: mapping the shared metrics file as atomics, locking it,
-//! and asking whether a pid is alive.
+//! One of tidegate's two places of unsafe code (the other steps a coroutine: `asgi::step`):
+//! mapping the shared metrics file as atomics, locking it, and asking whether a pid is alive.
 //!
 //! Why it cannot be avoided: the workers of a Gunicorn server are separate processes, and the
 //! cheapest way for a scrape in one of them to see the others' counters is memory they all map.
