@@ -13,13 +13,6 @@
 //! being cancelled. Work an app does after its last body (Starlette's background tasks) holds
 //! no permit. No Python code of ours runs on the admitted path: the app's coroutine is driven
 //! through [`Exchange`], an awaitable that forwards every step to it.
-//!
-//! Both the app's coroutine and the server's `send` of the last body take their first step at
-//! once, where they are called, as an eager task's coroutine does (asyncio's
-//! `eager_task_factory`): what needs no waiting (an app that answers from memory, a `send` the
-//! socket takes whole) is then over before it is awaited, and what is awaited is one finished
-//! awaitable shared by every request, with no object of its own and no step forwarded. Whatever does wait goes on through [`Exchange`]
-//! or [`LastBody`], which hand the server what the first step yielded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -112,10 +105,6 @@ struct Config {
     dependency_error: Py<PyAny>,
     /// The overload 503 of each of the decision's variants, as `(json, html)`.
     overload: Vec<(Reply, Reply)>,
-    /// What a call that was over at once returns for the server or the app to await: a
-    /// finished generator flagged as an awaitable (`types.coroutine`), which every await
-    /// leaves at once, inside the interpreter.
-    done: Py<PyAny>,
 }
 
 /// The Rust half of `tidegate.asgi.TideGateMiddleware`. Not for direct use.
@@ -135,8 +124,7 @@ impl AsgiCore {
     }
 
     /// Sets everything the request path needs; callable once.
-    #[pyo3(signature = (*, app, decision, other, answer, dependency_error, done))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, app, decision, other, answer, dependency_error))]
     fn _configure(
         &self,
         py: Python<'_>,
@@ -145,7 +133,6 @@ impl AsgiCore {
         other: Py<PyAny>,
         answer: Py<PyAny>,
         dependency_error: Py<PyAny>,
-        done: Py<PyAny>,
     ) -> PyResult<()> {
         let decider = Decider::new(py, decision)?;
         let overload = decider
@@ -165,7 +152,6 @@ impl AsgiCore {
             answer,
             dependency_error,
             overload,
-            done,
         };
         self.config
             .set(config)
@@ -212,15 +198,7 @@ impl AsgiCore {
                         return Err(err);
                     }
                 };
-                *this.steps.lock() = Some(steps.clone().unbind());
-                // The app's first step, now: an app that answers without waiting is over here.
-                let first = step::send(&steps, &py.None().into_bound(py));
-                let first = match Exchange::after_step(&exchange, first) {
-                    Ok(None) => return Ok(config.done.bind(py).clone()),
-                    Ok(Some(yielded)) => First::Yielded(yielded.unbind()),
-                    Err(err) => First::Raised(err),
-                };
-                *this.first.lock() = Some(first);
+                *this.steps.lock() = Some(steps.unbind());
                 Ok(exchange.into_any())
             }
             Verdict::Answer(rendered) => {
@@ -281,9 +259,7 @@ impl AsgiCore {
 /// - the `send` the app is given (`__call__`): it notes the start of the response and gives
 ///   the permit back at the last body, then hands the message on;
 /// - the awaitable the server awaits (`__await__`, `__next__`, `send`, `throw`, `close`): it
-///   forwards every step to the app's coroutine and gives the permit back when that ends. Its
-///   first step was taken where the middleware was called; the server's first step is handed
-///   what that one yielded.
+///   forwards every step to the app's coroutine and gives the permit back when that ends.
 ///
 /// An open breaker's error out of the app becomes the dependency 503 while no response has
 /// gone out. Frameworks answer an error with a 500 before they raise it again (Starlette's
@@ -308,9 +284,6 @@ pub struct Exchange {
     /// What the awaitable steps through: the app's coroutine, then, to finish, the sending of
     /// an answer of ours or of the held-back messages; `None` once over.
     steps: Mutex<Option<Py<PyAny>>>,
-    /// How the first step, taken when the middleware was called, came out while the app went
-    /// on: the server's first step hands it over.
-    first: Mutex<Option<First>>,
     held: Mutex<Vec<Py<PyAny>>>,
 }
 
@@ -326,7 +299,6 @@ impl Exchange {
             holding: AtomicBool::new(false),
             answering: AtomicBool::new(false),
             steps: Mutex::new(None),
-            first: Mutex::new(None),
             held: Mutex::new(Vec::new()),
         }
     }
@@ -415,25 +387,20 @@ impl Exchange {
     }
 
     /// One step the server asked for, with `value` (`None` but to a coroutine that waits for
-    /// a value): the first one hands over what the step taken at the call yielded.
+    /// a value).
     fn resume<'py>(
         slf: &Bound<'py, Self>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let this = slf.get();
-        if let Some(first) = this.first.lock().take() {
-            return first.handed(py);
-        }
         let Some(steps) = this.current(py) else {
             return Ok(None);
         };
         Self::after_step(slf, step::send(&steps, value))
     }
 
-    /// Hands the last body on and gives the permit back once the server has taken it. Its
-    /// `send` takes its first step here: one that needs no waiting is over before the app
-    /// awaits it, and the app awaits the finished awaitable.
+    /// Hands the last body on; the permit goes back once the server has taken it.
     fn send_last<'py>(
         slf: &Bound<'py, Self>,
         message: &Bound<'py, PyAny>,
@@ -452,39 +419,26 @@ impl Exchange {
                 return Err(err);
             }
         };
-        match step::send(&sending, &py.None().into_bound(py)) {
-            Step::Returned => {
-                this.release();
-                Ok(this.core.get().configured()?.done.bind(py).clone())
-            }
-            Step::Raised(err) => {
-                this.release();
-                let last = LastBody {
-                    exchange: slf.clone().unbind(),
-                    steps: Mutex::new(None),
-                    first: Mutex::new(Some(First::Raised(err))),
-                };
-                Ok(Bound::new(py, last)?.into_any())
-            }
-            Step::Yielded(first) => {
-                let last = LastBody {
-                    exchange: slf.clone().unbind(),
-                    steps: Mutex::new(Some(sending.unbind())),
-                    first: Mutex::new(Some(First::Yielded(first.unbind()))),
-                };
-                Ok(Bound::new(py, last)?.into_any())
-            }
-        }
+        let last = LastBody {
+            exchange: slf.clone().unbind(),
+            steps: Mutex::new(Some(sending.unbind())),
+        };
+        Ok(Bound::new(py, last)?.into_any())
     }
 
-    /// Keeps `message` (part of a 500) back until the app ends; the app awaits nothing.
+    /// Keeps `message` (part of a 500) back until the app ends; what the app awaits does
+    /// nothing.
     fn hold<'py>(
         &self,
         py: Python<'py>,
         message: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.held.lock().push(message.clone().unbind());
-        Ok(self.core.get().configured()?.done.bind(py).clone())
+        let config = self.core.get().configured()?;
+        config
+            .answer
+            .bind(py)
+            .call1((self.send.bind(py), PyList::empty(py), py.None()))
     }
 
     /// The request header `name` (lowercase, `-` between words) as WSGI would give it:
@@ -634,8 +588,6 @@ impl Exchange {
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        // A yield not handed over yet is dropped: the exception goes where the app waits.
-        slf.get().first.lock().take();
         let Some(steps) = slf.get().current(py) else {
             // Nothing left to throw into: raised here, as a finished coroutine does.
             return Err(thrown(args)?);
@@ -646,7 +598,6 @@ impl Exchange {
 
     /// Closes the app's coroutine (the server gave up on it) and gives the permit back.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.first.lock().take();
         let steps = self.steps.lock().take();
         let outcome = match steps {
             Some(steps) => steps.bind(py).call_method0(intern!(py, "close")).map(drop),
@@ -665,11 +616,6 @@ impl Exchange {
                 visit.call(steps)?;
             }
         }
-        if let Some(first) = self.first.try_lock() {
-            if let Some(First::Yielded(first)) = first.as_ref() {
-                visit.call(first)?;
-            }
-        }
         if let Some(held) = self.held.try_lock() {
             for message in held.iter() {
                 visit.call(message)?;
@@ -680,7 +626,6 @@ impl Exchange {
 
     fn __clear__(&self) {
         self.steps.lock().take();
-        self.first.lock().take();
         self.held.lock().clear();
     }
 }
@@ -730,14 +675,12 @@ impl Exchange {
     }
 }
 
-/// The server's `send` of the last body when its first step had to wait, awaited through
-/// this: once it is done (or failed), the request's permit goes back.
+/// The server's `send` of the last body, awaited through this: once it is done (or failed),
+/// the request's permit goes back.
 #[pyclass(module = "tidegate._tidegate", frozen)]
 pub struct LastBody {
     exchange: Py<Exchange>,
     steps: Mutex<Option<Py<PyAny>>>,
-    /// How the first step came out, for the app's first step.
-    first: Mutex<Option<First>>,
 }
 
 impl LastBody {
@@ -757,9 +700,6 @@ impl LastBody {
         py: Python<'py>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some(first) = self.first.lock().take() {
-            return first.handed(py);
-        }
         let steps = self
             .steps
             .lock()
@@ -794,7 +734,6 @@ impl LastBody {
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.first.lock().take();
         let steps = self
             .steps
             .lock()
@@ -809,7 +748,6 @@ impl LastBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.first.lock().take();
         let steps = self.steps.lock().take();
         self.exchange.get().release();
         match steps {
@@ -825,33 +763,11 @@ impl LastBody {
                 visit.call(steps)?;
             }
         }
-        if let Some(first) = self.first.try_lock() {
-            if let Some(First::Yielded(first)) = first.as_ref() {
-                visit.call(first)?;
-            }
-        }
         Ok(())
     }
 
     fn __clear__(&self) {
         self.steps.lock().take();
-        self.first.lock().take();
-    }
-}
-
-/// How a step taken at a call came out, kept for the first step of what the call returned:
-/// an error, too, comes out of the await, where the caller looks for it.
-enum First {
-    Yielded(Py<PyAny>),
-    Raised(PyErr),
-}
-
-impl First {
-    fn handed(self, py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
-        match self {
-            First::Yielded(value) => Ok(Some(value.into_bound(py))),
-            First::Raised(err) => Err(err),
-        }
     }
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import inspect
 from typing import Any
@@ -153,6 +154,7 @@ def test_a_cancelled_request_gives_its_permit_back(recorder: Recorder) -> None:
     assert app.gate.in_flight == 0 and recorder.inside == 0
 
 
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
 def test_an_awaitable_never_awaited_gives_its_permit_back(recorder: Recorder) -> None:
     app = middleware(recorder, limit=1)
 
@@ -172,7 +174,7 @@ def test_an_awaitable_never_awaited_gives_its_permit_back(recorder: Recorder) ->
     assert app.gate.in_flight == 0 and recorder.inside == 0
 
 
-def test_an_error_at_the_apps_first_step_comes_out_of_the_await(recorder: Recorder) -> None:
+def test_the_app_runs_when_the_call_is_awaited_not_when_it_is_made(recorder: Recorder) -> None:
     app = middleware(recorder, limit=1)
 
     async def receive() -> Message:
@@ -183,12 +185,49 @@ def test_an_error_at_the_apps_first_step_comes_out_of_the_await(recorder: Record
 
     async def call_then_await() -> None:
         pending = app(scope_for("GET", "/raise"), receive, send)  # the call itself succeeds
-        assert app.gate.in_flight == 0  # the app failed in its first step: given back
+        assert recorder.calls == 0  # not entered yet
         with pytest.raises(Boom):
             await pending
 
     run(call_then_await())
     assert app.gate.in_flight == 0
+
+
+def test_the_app_runs_in_the_task_that_awaits_it() -> None:
+    # asyncio.gather, create_task and asyncio.run each await the middleware's awaitable in a
+    # task of their own: the app must run there (an anyio task group or a timeout binds to
+    # the current task), with that task's context.
+    gate = CapacityGate(8)
+    seen: list[asyncio.Task[Any] | None] = []
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(asyncio.current_task())
+        request_id.set("set by the app")
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    wrapped = middleware(app, gate=gate)
+
+    async def many() -> None:
+        caller = asyncio.current_task()
+        await asyncio.gather(*(wrapped(scope_for(), receive, send) for _ in range(3)))
+        task = asyncio.create_task(wrapped(scope_for(), receive, send))  # type: ignore[arg-type]
+        await task
+        assert caller not in seen and task in seen and len(set(seen)) == 4
+        assert request_id.get() == ""  # the apps' context was their tasks', not ours
+
+    run(many())
+    # No loop runs while asyncio.run's argument is made: the app must not start before.
+    asyncio.run(wrapped(scope_for(), receive, send))  # type: ignore[arg-type]
+    assert gate.in_flight == 0 and len(seen) == 5
 
 
 def test_a_last_body_the_server_takes_slowly_holds_the_permit_until_it_is_taken(

@@ -433,7 +433,6 @@ class AsgiCore:
         other: Any,
         answer: Any,
         dependency_error: object,
-        done: Awaitable[None],
     ) -> None: ...
     def __call__(self, scope: Any, receive: Any, send: Any, /) -> Awaitable[None]: ...
     def decide(self, scope: Any) -> Any:

@@ -17,8 +17,7 @@ scopes that are not ``http``:
 from __future__ import annotations
 
 import inspect
-import types
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from tidegate._options import Options, signature_with_options
@@ -56,9 +55,6 @@ class TideGateMiddleware(PolicyParts, AsgiCore):
     streamed body at once), whichever comes first. Work after the last body (Starlette's
     background tasks) holds no permit. Refusals are sent before the request body is read.
 
-    The app's coroutine takes its first step when the middleware is called, as an eager task's
-    does, and the server's ``send`` of the last body when the app calls it: what needs no
-    waiting is over before it is awaited. Errors still come out of the ``await``.
     """
 
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
@@ -72,7 +68,6 @@ class TideGateMiddleware(PolicyParts, AsgiCore):
             other=self._other,
             answer=_answer,
             dependency_error=CircuitOpenError,
-            done=_DONE,
         )
         # Servers tell an ASGI 3 app by ``iscoroutinefunction(app.__call__)`` (Uvicorn takes
         # anything else for ASGI 2, Hypercorn for WSGI), which the core's method is not. This
@@ -120,21 +115,6 @@ async def _answer(send: Send, messages: list[Message], error: BaseException | No
         await send(message)
     if error is not None:
         raise error
-
-
-@types.coroutine
-def _over() -> Generator[None, None, None]:
-    """An awaitable that is over before it starts."""
-    return
-    yield  # a generator, so that ``types.coroutine`` makes it awaitable
-
-
-#: What the core hands back for a call that was over at once (an app that answered without
-#: waiting, a last body the server took whole): a finished generator-based coroutine. Every
-#: ``await`` of it ends at once (``yield from`` an exhausted generator), in the interpreter,
-#: and one serves every request of every thread, since nothing in it changes any more.
-_DONE = _over()
-next(_DONE, None)
 
 
 def _draining(receive: Receive) -> Receive:
