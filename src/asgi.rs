@@ -13,6 +13,13 @@
 //! being cancelled. Work an app does after its last body (Starlette's background tasks) holds
 //! no permit. No Python code of ours runs on the admitted path: the app's coroutine is driven
 //! through [`Exchange`], an awaitable that forwards every step to it.
+//!
+//! The app runs only when the server awaits the middleware, in the task that awaits it (never
+//! at the call: `asyncio.gather` or `create_task` await it in a task of their own, and an
+//! anyio task group or a timeout binds to the task it starts in). The server's `send` of the
+//! last body, which the app calls from the task that will await it, takes its first step at
+//! once: when the server takes the body whole, as it mostly does, the permit goes back there
+//! and the app awaits [`Sent`], one finished awaitable shared by every request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -105,6 +112,8 @@ struct Config {
     dependency_error: Py<PyAny>,
     /// The overload 503 of each of the decision's variants, as `(json, html)`.
     overload: Vec<(Reply, Reply)>,
+    /// What the app awaits of a last body the server took at once.
+    sent: Py<Sent>,
 }
 
 /// The Rust half of `tidegate.asgi.TideGateMiddleware`. Not for direct use.
@@ -152,6 +161,7 @@ impl AsgiCore {
             answer,
             dependency_error,
             overload,
+            sent: Py::new(py, Sent)?,
         };
         self.config
             .set(config)
@@ -400,7 +410,9 @@ impl Exchange {
         Self::after_step(slf, step::send(&steps, value))
     }
 
-    /// Hands the last body on; the permit goes back once the server has taken it.
+    /// Hands the last body on; the permit goes back once the server has taken it. The
+    /// server's `send` takes its first step here, in the app's task: when the server takes the
+    /// body at once, as it mostly does, the permit goes back now and the app awaits [`Sent`].
     fn send_last<'py>(
         slf: &Bound<'py, Self>,
         message: &Bound<'py, PyAny>,
@@ -419,9 +431,28 @@ impl Exchange {
                 return Err(err);
             }
         };
+        let (steps, first) = match step::send(&sending, &py.None().into_bound(py)) {
+            Step::Returned => {
+                this.release();
+                return Ok(this
+                    .core
+                    .get()
+                    .configured()?
+                    .sent
+                    .bind(py)
+                    .clone()
+                    .into_any());
+            }
+            Step::Yielded(value) => (Some(sending.unbind()), Ok(value.unbind())),
+            Step::Raised(err) => {
+                this.release();
+                (None, Err(err))
+            }
+        };
         let last = LastBody {
             exchange: slf.clone().unbind(),
-            steps: Mutex::new(Some(sending.unbind())),
+            steps: Mutex::new(steps),
+            first: Mutex::new(Some(first)),
         };
         Ok(Bound::new(py, last)?.into_any())
     }
@@ -675,12 +706,15 @@ impl Exchange {
     }
 }
 
-/// The server's `send` of the last body, awaited through this: once it is done (or failed),
-/// the request's permit goes back.
+/// The server's `send` of the last body when its first step did not finish it, awaited
+/// through this: once it is done (or failed), the request's permit goes back.
 #[pyclass(module = "tidegate._tidegate", frozen)]
 pub struct LastBody {
     exchange: Py<Exchange>,
     steps: Mutex<Option<Py<PyAny>>>,
+    /// What the first step (taken in `send_last`) yielded or raised: the app's first step of
+    /// this awaitable hands it over.
+    first: Mutex<Option<PyResult<Py<PyAny>>>>,
 }
 
 impl LastBody {
@@ -700,6 +734,9 @@ impl LastBody {
         py: Python<'py>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Some(first) = self.first.lock().take() {
+            return first.map(|value| Some(value.into_bound(py)));
+        }
         let steps = self
             .steps
             .lock()
@@ -734,6 +771,9 @@ impl LastBody {
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        // What the first step yielded is dropped: the exception goes where the send waits.
+        let first = self.first.lock().take();
+        drop(first);
         let steps = self
             .steps
             .lock()
@@ -748,6 +788,8 @@ impl LastBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let first = self.first.lock().take();
+        drop(first);
         let steps = self.steps.lock().take();
         self.exchange.get().release();
         match steps {
@@ -763,12 +805,49 @@ impl LastBody {
                 visit.call(steps)?;
             }
         }
+        if let Some(first) = self.first.try_lock() {
+            if let Some(Ok(first)) = first.as_ref() {
+                visit.call(first)?;
+            }
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
-        self.steps.lock().take();
+        let steps = self.steps.lock().take();
+        let first = self.first.lock().take();
+        drop((steps, first));
     }
+}
+
+/// What the app's `send` of a last body returns when the server took the body at once: an
+/// awaitable that is over, one per middleware, shared by every request. It is a coroutine by
+/// `collections.abc.Coroutine`'s rules (`__await__`, `send`, `throw`, `close`), so that
+/// `asyncio.create_task` takes it as it takes the server's own `send`.
+#[pyclass(module = "tidegate._tidegate", frozen)]
+pub struct Sent;
+
+#[pymethods]
+impl Sent {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<()> {
+        None
+    }
+
+    #[pyo3(signature = (_value, /))]
+    fn send(&self, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyStopIteration::new_err(()))
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw(&self, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Err(thrown(args)?)
+    }
+
+    fn close(&self) {}
 }
 
 /// What a step can be sent into: a native coroutine as it is, any other awaitable through

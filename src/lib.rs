@@ -22,7 +22,7 @@ mod _tidegate {
     #[pymodule_export]
     use crate::accept::prefers_html_py;
     #[pymodule_export]
-    use crate::asgi::{AsgiCore, Exchange, LastBody};
+    use crate::asgi::{AsgiCore, Exchange, LastBody, Sent};
     #[pymodule_export]
     use crate::breaker::{BreakerPy, CircuitOpenError};
     #[pymodule_export]

@@ -254,6 +254,33 @@ def test_a_last_body_the_server_takes_slowly_holds_the_permit_until_it_is_taken(
     assert seen == start + body + [("after", 0)]
 
 
+def test_a_last_body_send_can_be_handed_to_a_task_of_its_own() -> None:
+    # What send() returns for a last body is a coroutine by collections.abc's rules, as the
+    # server's own send is: create_task takes it whether the server took the body at once or
+    # had to wait.
+    gate = CapacityGate(1)
+    bodies: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.create_task(send({"type": "http.response.body", "body": b"ok"}))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send_at_once(message: Message) -> None:
+        bodies.extend([message["body"]] if "body" in message else [])
+
+    async def send_after_a_wait(message: Message) -> None:
+        await asyncio.sleep(0)
+        await send_at_once(message)
+
+    for send in (send_at_once, send_after_a_wait):
+        run(middleware(app, gate=gate)(scope_for("GET", "/"), receive, send))
+        assert gate.in_flight == 0
+    assert bodies == [b"ok", b"ok"]
+
+
 def test_a_last_body_the_server_fails_to_send_raises_in_the_app_and_gives_the_permit_back() -> None:
     gate = CapacityGate(1)
     raised: list[str] = []
