@@ -112,7 +112,7 @@ struct Config {
     dependency_error: Py<PyAny>,
     /// The overload 503 of each of the decision's variants, as `(json, html)`.
     overload: Vec<(Reply, Reply)>,
-    /// What the app awaits of a last body the server took at once.
+    /// What the app awaits of a send with nothing left to wait for.
     sent: Py<Sent>,
 }
 
@@ -457,19 +457,21 @@ impl Exchange {
         Ok(Bound::new(py, last)?.into_any())
     }
 
-    /// Keeps `message` (part of a 500) back until the app ends; what the app awaits does
-    /// nothing.
+    /// Keeps `message` (part of a 500) back until the app ends; the app awaits [`Sent`].
     fn hold<'py>(
         &self,
         py: Python<'py>,
         message: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.held.lock().push(message.clone().unbind());
-        let config = self.core.get().configured()?;
-        config
-            .answer
+        Ok(self
+            .core
+            .get()
+            .configured()?
+            .sent
             .bind(py)
-            .call1((self.send.bind(py), PyList::empty(py), py.None()))
+            .clone()
+            .into_any())
     }
 
     /// The request header `name` (lowercase, `-` between words) as WSGI would give it:
@@ -820,8 +822,8 @@ impl LastBody {
     }
 }
 
-/// What the app's `send` of a last body returns when the server took the body at once: an
-/// awaitable that is over, one per middleware, shared by every request. It is a coroutine by
+/// What the app's `send` returns when nothing is left to wait for (a last body the server
+/// took at once, a message of a 500 held back): an awaitable that is over, one per middleware, shared by every request. It is a coroutine by
 /// `collections.abc.Coroutine`'s rules (`__await__`, `send`, `throw`, `close`), so that
 /// `asyncio.create_task` takes it as it takes the server's own `send`.
 #[pyclass(module = "tidegate._tidegate", frozen)]
