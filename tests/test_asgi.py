@@ -77,6 +77,15 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+async def empty_body() -> Message:
+    """A ``receive`` for a request with no body."""
+    return {"type": "http.request", "body": b""}
+
+
+async def ignore(message: Message) -> None:
+    """A ``send`` that takes every message at once."""
+
+
 def middleware(app: Any, **options: Any) -> TideGateMiddleware:
     options.setdefault("maintenance", False)
     return TideGateMiddleware(app, **options)
@@ -158,14 +167,8 @@ def test_a_cancelled_request_gives_its_permit_back(recorder: Recorder) -> None:
 def test_an_awaitable_never_awaited_gives_its_permit_back(recorder: Recorder) -> None:
     app = middleware(recorder, limit=1)
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        pass
-
     async def never() -> None:
-        pending = app(scope_for("GET", "/wait"), receive, send)
+        pending = app(scope_for("GET", "/wait"), empty_body, ignore)
         assert app.gate.in_flight == 1
         del pending
 
@@ -177,14 +180,8 @@ def test_an_awaitable_never_awaited_gives_its_permit_back(recorder: Recorder) ->
 def test_the_app_runs_when_the_call_is_awaited_not_when_it_is_made(recorder: Recorder) -> None:
     app = middleware(recorder, limit=1)
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        pass
-
     async def call_then_await() -> None:
-        pending = app(scope_for("GET", "/raise"), receive, send)  # the call itself succeeds
+        pending = app(scope_for("GET", "/raise"), empty_body, ignore)  # the call itself succeeds
         assert recorder.calls == 0  # not entered yet
         with pytest.raises(Boom):
             await pending
@@ -208,25 +205,19 @@ def test_the_app_runs_in_the_task_that_awaits_it() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        pass
-
     wrapped = middleware(app, gate=gate)
 
     async def many() -> None:
         caller = asyncio.current_task()
-        await asyncio.gather(*(wrapped(scope_for(), receive, send) for _ in range(3)))
-        task = asyncio.create_task(wrapped(scope_for(), receive, send))  # type: ignore[arg-type]
+        await asyncio.gather(*(wrapped(scope_for(), empty_body, ignore) for _ in range(3)))
+        task = asyncio.create_task(wrapped(scope_for(), empty_body, ignore))  # type: ignore[arg-type]
         await task
         assert caller not in seen and task in seen and len(set(seen)) == 4
         assert request_id.get() == ""  # the apps' context was their tasks', not ours
 
     run(many())
     # No loop runs while asyncio.run's argument is made: the app must not start before.
-    asyncio.run(wrapped(scope_for(), receive, send))  # type: ignore[arg-type]
+    asyncio.run(wrapped(scope_for(), empty_body, ignore))  # type: ignore[arg-type]
     assert gate.in_flight == 0 and len(seen) == 5
 
 
@@ -236,9 +227,6 @@ def test_a_last_body_the_server_takes_slowly_holds_the_permit_until_it_is_taken(
     app = middleware(recorder, limit=1)
     seen: list[tuple[str, int]] = []
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
     async def slow_send(message: Message) -> None:
         # A client that reads slowly: the server's send waits for the socket, more than once.
         for _ in range(3):
@@ -246,7 +234,7 @@ def test_a_last_body_the_server_takes_slowly_holds_the_permit_until_it_is_taken(
             seen.append((message["type"], app.gate.in_flight))
 
     async def serve_one() -> None:
-        await app(scope_for("GET", "/"), receive, slow_send)
+        await app(scope_for("GET", "/"), empty_body, slow_send)
         seen.append(("after", app.gate.in_flight))
 
     run(serve_one())
@@ -265,9 +253,6 @@ def test_a_last_body_send_can_be_handed_to_a_task_of_its_own() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await asyncio.create_task(send({"type": "http.response.body", "body": b"ok"}))
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
     async def send_at_once(message: Message) -> None:
         bodies.extend([message["body"]] if "body" in message else [])
 
@@ -276,7 +261,7 @@ def test_a_last_body_send_can_be_handed_to_a_task_of_its_own() -> None:
         await send_at_once(message)
 
     for send in (send_at_once, send_after_a_wait):
-        run(middleware(app, gate=gate)(scope_for("GET", "/"), receive, send))
+        run(middleware(app, gate=gate)(scope_for("GET", "/"), empty_body, send))
         assert gate.in_flight == 0
     assert bodies == [b"ok", b"ok"]
 
@@ -292,9 +277,6 @@ def test_a_last_body_the_server_fails_to_send_raises_in_the_app_and_gives_the_pe
         except OSError as error:
             raised.append(str(error))
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
     async def broken_send(message: Message) -> None:
         if message["type"] == "http.response.body":
             raise OSError("connection reset")
@@ -304,7 +286,7 @@ def test_a_last_body_the_server_fails_to_send_raises_in_the_app_and_gives_the_pe
         await broken_send(message)
 
     for send in (broken_send, waiting_broken_send):
-        run(middleware(app, gate=gate)(scope_for("GET", "/"), receive, send))
+        run(middleware(app, gate=gate)(scope_for("GET", "/"), empty_body, send))
         assert gate.in_flight == 0
     assert raised == ["connection reset"] * 2
 
