@@ -43,6 +43,7 @@ __all__ = [
     "ProcessResponse",
     "ReleasingApp",
     "RetryAfter",
+    "Sent",
     "__version__",
     "_format_iso",
     "_is_store_uri",
