@@ -54,7 +54,6 @@ class TideGateMiddleware(PolicyParts, AsgiCore):
     or was cancelled: a client that hangs up mid-stream makes Starlette and FastAPI end a
     streamed body at once), whichever comes first. Work after the last body (Starlette's
     background tasks) holds no permit. Refusals are sent before the request body is read.
-
     """
 
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
