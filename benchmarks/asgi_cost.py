@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from harness import instructions_per_request
+from harness import instruction_options, instructions_per_request
 
 from tidegate.asgi import TideGateMiddleware
 
@@ -125,13 +124,8 @@ def run_one(name: str, n: int) -> None:
 def report_instructions() -> bool | None:
     """Prints instructions per admitted request; whether the target is met by them (``None``:
     not counted)."""
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed: no instruction counts")
-        return None
-    counts = {name: instructions_per_request(__file__, name) for name in ADMITTED}
-    count = {name: value for name, value in counts.items() if value is not None}
-    if len(count) < len(counts):
-        print("callgrind failed: no instruction counts")
+    count = instructions_per_request(__file__, ADMITTED)
+    if count is None:
         return None
     bare = count["bare app"]
     print("ASGI, admitted request, instructions per request (callgrind)")
@@ -170,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--requests", type=int, default=None)
-    parser.add_argument(
-        "--instructions",
-        action="store_true",
-        help="also count instructions per request with callgrind (needs valgrind)",
-    )
-    parser.add_argument("--run-one", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
+    instruction_options(parser)
     args = parser.parse_args(argv)
     if args.run_one:
         run_one(args.run_one[0], int(args.run_one[1]))

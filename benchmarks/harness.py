@@ -13,19 +13,21 @@ worker's CPU time is read from ``/proc``, so every run can say which side was sa
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing
 import os
 import platform
 import re
 import selectors
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection
@@ -400,32 +402,51 @@ def medians(
     return summary
 
 
-def instructions_per_request(script: str, name: str) -> float | None:
-    """Instructions one request through candidate ``name`` of ``script`` costs, counted by
+def instruction_options(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--instructions`` (count with callgrind too) and the hidden ``--run-one NAME N``
+    that the counting runs the script with."""
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per request with callgrind (needs valgrind)",
+    )
+    parser.add_argument("--run-one", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
+
+
+def instructions_per_request(script: str, names: Iterable[str]) -> dict[str, float] | None:
+    """Instructions one request through each candidate of ``script`` costs, counted by
     callgrind: ``script --run-one NAME N`` serves N requests through it, and the difference
     between a long and a short run cancels start-up out. The same binary and inputs give the
-    same count whatever else the machine is doing. ``None`` when callgrind failed."""
-    counts = []
-    for n in (1_000, 6_000):
-        done = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                script,
-                "--run-one",
-                name,
-                str(n),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            # A fixed hash seed: dict layouts, and so the counts, are then the same every run.
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if done.returncode != 0 or found is None:
-            return None
-        counts.append(int(found.group(1)))
-    return (counts[1] - counts[0]) / 5_000
+    same count whatever else the machine is doing. ``None`` (and why, printed) when valgrind
+    is missing or a count failed."""
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: no instruction counts")
+        return None
+    counted = {}
+    for name in names:
+        runs = []
+        for n in (1_000, 6_000):
+            done = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    script,
+                    "--run-one",
+                    name,
+                    str(n),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                # A fixed hash seed: dict layouts, and so the counts, are the same every run.
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+            )
+            found = re.search(r"Collected : (\d+)", done.stderr)
+            if done.returncode != 0 or found is None:
+                print("callgrind failed: no instruction counts")
+                return None
+            runs.append(int(found.group(1)))
+        counted[name] = (runs[1] - runs[0]) / 5_000
+    return counted

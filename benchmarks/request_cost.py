@@ -28,7 +28,6 @@ The targets checked at the end:
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify
-from harness import instructions_per_request
+from harness import instruction_options, instructions_per_request
 from werkzeug.test import EnvironBuilder
 
 from tidegate import AdaptiveGate, MaintenanceSwitch
@@ -243,17 +242,9 @@ def run_one(name: str, n: int) -> None:
 
 def report_instructions() -> bool:
     """Prints instructions per request and the admitted-path targets they meet."""
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed: no instruction counts")
+    count = instructions_per_request(__file__, admitted_apps(MaintenanceSwitch()))
+    if count is None:
         return False
-    counts = {
-        name: instructions_per_request(__file__, name)
-        for name in admitted_apps(MaintenanceSwitch())
-    }
-    if any(value is None for value in counts.values()):
-        print("callgrind failed: no instruction counts")
-        return False
-    count: dict[str, float] = {name: value for name, value in counts.items() if value is not None}
     print("Admitted request, instructions per request (callgrind)")
     print(f"{'candidate':32} {'total':>9} {'added':>9}")
     for name, value in count.items():
@@ -277,12 +268,7 @@ def report_instructions() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument(
-        "--instructions",
-        action="store_true",
-        help="also count instructions per request with callgrind (needs valgrind)",
-    )
-    parser.add_argument("--run-one", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
+    instruction_options(parser)
     args = parser.parse_args(argv)
     if args.run_one:
         run_one(args.run_one[0], int(args.run_one[1]))
