@@ -190,12 +190,9 @@ impl AsgiCore {
         };
         let exchange = Bound::new(py, Exchange::new(slf, fields, send))?;
         match config.decider.decide(py, exchange.as_any(), None, 0)? {
-            Verdict::Admit(gate) => {
+            Verdict::Admit(admission) => {
                 let this = exchange.get();
-                if let Some((_, ticket)) = &gate {
-                    *this.slot.lock() = Some((*ticket, config.decider.since()));
-                }
-                this.holds.store(gate.is_some(), Ordering::Release);
+                *this.slot.lock() = admission.map(|admitted| (admitted.ticket, admitted.since));
                 let steps = match config
                     .app
                     .bind(py)
@@ -216,12 +213,8 @@ impl AsgiCore {
                 let messages = Reply::of(py, &rendered)?.messages(py, head)?;
                 config.answer.bind(py).call1((send, messages, py.None()))
             }
-            Verdict::Shed { variant, html } => {
-                // Which of the decision's variants it is: its place in their vector.
-                let first = config.decider.variants.as_ptr() as usize;
-                let index =
-                    (variant as *const _ as usize - first) / std::mem::size_of_val(variant).max(1);
-                let (json, as_html) = &config.overload[index.min(config.overload.len() - 1)];
+            Verdict::Shed { index, html, .. } => {
+                let (json, as_html) = &config.overload[index];
                 let reply = if html { as_html } else { json };
                 let head = is_head(py, exchange.as_any(), None)?;
                 let messages = reply.messages(py, head)?;
@@ -239,14 +232,11 @@ impl AsgiCore {
         let view = Bound::new(py, Exchange::new(slf, scope, &py.None().into_bound(py)))?;
         Ok(match config.decider.decide(py, view.as_any(), None, 0)? {
             Verdict::Admit(None) => py.None(),
-            Verdict::Admit(Some((gate, ticket))) => {
-                let since = config.decider.since();
-                Bound::new(py, PermitPy::admitted(gate.clone(), ticket, since))?
-                    .into_any()
-                    .unbind()
+            Verdict::Admit(Some(admission)) => {
+                Bound::new(py, PermitPy::of(admission))?.into_any().unbind()
             }
             Verdict::Answer(rendered) => rendered.unbind(),
-            Verdict::Shed { variant, html } => {
+            Verdict::Shed { variant, html, .. } => {
                 let rendition = if html { &variant.html } else { &variant.json };
                 rendition.rendered.clone_ref(py)
             }
@@ -280,10 +270,8 @@ pub struct Exchange {
     core: Py<AsgiCore>,
     scope: Py<PyDict>,
     send: Py<PyAny>,
-    /// Whether this request holds a slot of the gate (until it goes back).
-    holds: AtomicBool,
-    /// What its admission handed over, and when it was admitted (for the duration histogram;
-    /// `None`: not timed): given back with the slot.
+    /// While it holds a slot of the gate: what its admission handed over, and when it was
+    /// admitted (for the duration histogram; `None`: not timed). Taken when it goes back.
     slot: Mutex<Option<(crate::gate::Ticket, Option<std::time::Instant>)>>,
     /// Whether a response start went out to the server.
     started: AtomicBool,
@@ -303,7 +291,6 @@ impl Exchange {
             core: core.clone().unbind(),
             scope: scope.clone().unbind(),
             send: send.clone().unbind(),
-            holds: AtomicBool::new(false),
             slot: Mutex::new(None),
             started: AtomicBool::new(false),
             holding: AtomicBool::new(false),
@@ -315,19 +302,17 @@ impl Exchange {
 
     /// Gives the permit back, once.
     fn release(&self) {
-        if self.holds.swap(false, Ordering::AcqRel) {
-            if let Some(gate) = self
-                .core
-                .get()
-                .config
-                .get()
-                .and_then(|config| config.decider.gate.as_ref())
-            {
-                if let Some((ticket, since)) = self.slot.lock().take() {
-                    gate.release(ticket);
-                    crate::decide::finished(since);
-                }
-            }
+        let Some((ticket, since)) = self.slot.lock().take() else {
+            return;
+        };
+        if let Some(gate) = self
+            .core
+            .get()
+            .config
+            .get()
+            .and_then(|config| config.decider.gate.as_ref())
+        {
+            crate::decide::give_back(gate, ticket, since);
         }
     }
 
@@ -357,15 +342,8 @@ impl Exchange {
         });
         let (messages, error) = match error {
             Some(err) if dependency => {
-                config
-                    .decider
-                    .count(crate::metrics::Outcome::FailedFastDependency);
                 // The dependency 503, rendered like every refusal, in place of the app's.
-                let rendered = config
-                    .decider
-                    .on_dependency
-                    .bind(py)
-                    .call1((slf, err.value(py)))?;
+                let rendered = config.decider.dependency(slf.as_any(), err.value(py))?;
                 let head = is_head(py, slf.as_any(), None)?;
                 (Reply::of(py, &rendered)?.messages(py, head)?, py.None())
             }

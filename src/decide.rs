@@ -69,13 +69,36 @@ pub struct Variant {
 
 /// What the decision says about one request.
 pub enum Verdict<'py> {
-    /// Pass to the app; holds a slot of this gate when there is one, to give back once (with
-    /// its ticket).
-    Admit(Option<(&'py Arc<Gate>, Ticket)>),
+    /// Pass to the app; holding a slot of the gate when there is one, to give back once.
+    Admit(Option<Admission<'py>>),
     /// Answer with this `Rendered` (a route of ours, or a refusal).
     Answer(Bound<'py, PyAny>),
-    /// The overload 503: answer with this variant, as HTML when `html`.
-    Shed { variant: &'py Variant, html: bool },
+    /// The overload 503: answer with the variant at `index` of the decision's variants (as
+    /// HTML when `html`).
+    Shed {
+        variant: &'py Variant,
+        index: usize,
+        html: bool,
+    },
+}
+
+/// The slot of the gate an admitted request holds: counted as admitted in the metrics, and
+/// given back once with [`give_back`].
+pub struct Admission<'py> {
+    pub gate: &'py Arc<Gate>,
+    pub ticket: Ticket,
+    /// When it was admitted, for `tidegate_request_duration_seconds` (`None`: metrics off).
+    pub since: Option<Instant>,
+}
+
+/// Gives an admitted request's slot back to `gate`: its time since admission (when metrics
+/// timed it) goes into the duration histogram, and it leaves the in-flight gauge.
+#[inline]
+pub fn give_back(gate: &Gate, ticket: Ticket, since: Option<Instant>) {
+    gate.release(ticket);
+    if let Some(since) = since {
+        metrics::release(since.elapsed());
+    }
 }
 
 /// Everything the decision needs, set once.
@@ -92,7 +115,7 @@ pub struct Decider {
     /// request may bypass it.
     pub on_maintenance: Py<PyAny>,
     /// `(environ, error) -> Rendered`: the dependency 503 for an open breaker's error.
-    pub on_dependency: Py<PyAny>,
+    on_dependency: Py<PyAny>,
     pub variants: Vec<Variant>,
     /// Whether decisions are counted in `tidegate.metrics` (the `metrics` option): `Some(false)`
     /// never, otherwise whenever [`metrics::enabled`] (which `Some(true)` turned on).
@@ -269,7 +292,12 @@ impl Decider {
         };
         let share = self.share(environ, exempt)?;
         if let Some(ticket) = gate.try_acquire_share(share) {
-            return Ok(Verdict::Admit(Some((gate, ticket))));
+            let since = self.since();
+            return Ok(Verdict::Admit(Some(Admission {
+                gate,
+                ticket,
+                since,
+            })));
         }
         // Refused below the limit: its level's share was full.
         self.count(if share < WHOLE_SHARE && gate.in_flight() < gate.limit() {
@@ -287,12 +315,29 @@ impl Decider {
         environ: &Bound<'py, PyAny>,
         environ_dict: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Verdict<'py>> {
-        let variant = &self.variants[self.pick(self.variants.len())];
+        let index = self.pick(self.variants.len());
         let html = match lookup(environ, environ_dict, intern!(py, "HTTP_ACCEPT"))? {
             Some(accept) => accept.cast::<PyString>().is_ok_and(str_prefers_html),
             None => false,
         };
-        Ok(Verdict::Shed { variant, html })
+        Ok(Verdict::Shed {
+            variant: &self.variants[index],
+            index,
+            html,
+        })
+    }
+
+    /// The dependency 503 for `error` (an open breaker's `CircuitOpenError` out of the app),
+    /// counted as failed fast.
+    pub fn dependency<'py>(
+        &self,
+        environ: &Bound<'py, PyAny>,
+        error: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.count(Outcome::FailedFastDependency);
+        self.on_dependency
+            .bind(environ.py())
+            .call1((environ, error))
     }
 
     /// Counts a decision in the metrics, when they are on.
@@ -309,11 +354,11 @@ impl Decider {
         self.record != Some(false) && metrics::enabled()
     }
 
-    /// Counts a request admitted with a permit (`Verdict::Admit(Some(_))`; call once per
-    /// permit) and starts its clock for `tidegate_request_duration_seconds`: the instant to
-    /// hand to [`finished`] when the permit goes back, `None` while metrics are off.
+    /// Counts a request admitted with a slot and starts its clock for
+    /// `tidegate_request_duration_seconds`: the instant [`give_back`] takes when the slot goes
+    /// back, `None` while metrics are off.
     #[inline]
-    pub fn since(&self) -> Option<Instant> {
+    fn since(&self) -> Option<Instant> {
         if !self.counting() {
             return None;
         }
@@ -344,7 +389,7 @@ impl Decider {
             return Ok(None);
         };
         if self.counting() {
-            metrics::observe_queue_time(std::time::Duration::from_secs_f64(waited.max(0.0)));
+            metrics::observe_queue_time(std::time::Duration::from_secs_f64(waited));
         }
         if let Some(dict) = environ_dict {
             dict.set_item(intern!(py, QUEUE_TIME_KEY), waited)?;
@@ -403,15 +448,6 @@ impl Decider {
         x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
         (x % n as u64) as usize
-    }
-}
-
-/// An admitted request's permit went back: its time since admission (when metrics timed it)
-/// goes into the duration histogram, and it leaves the in-flight gauge.
-#[inline]
-pub fn finished(since: Option<Instant>) {
-    if let Some(since) = since {
-        metrics::release(since.elapsed());
     }
 }
 

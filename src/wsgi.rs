@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::decide::{
-    finished, header_list, is_head, take_permit, Decider, DecisionConfig, Verdict,
+    give_back, header_list, is_head, take_permit, Admission, Decider, DecisionConfig, Verdict,
 };
 use crate::errors::{config_error, wsgi_arity};
 use crate::gate::{Gate, Ticket};
@@ -91,8 +91,11 @@ impl MiddlewareCore {
             .decide(py, &environ, environ_dict.as_deref(), 0)?
         {
             Verdict::Admit(None) => this.call_app(py, config, args),
-            Verdict::Admit(Some((gate, ticket))) => {
-                let since = config.decider.since();
+            Verdict::Admit(Some(Admission {
+                gate,
+                ticket,
+                since,
+            })) => {
                 match this.call_app(py, config, args) {
                     Ok(body) => {
                         // The middleware, not the gate, is what the body keeps: a Python
@@ -107,8 +110,7 @@ impl MiddlewareCore {
                         Ok(Bound::new(py, closing)?.into_any().unbind())
                     }
                     Err(err) => {
-                        gate.release(ticket);
-                        finished(since);
+                        give_back(gate, ticket, since);
                         Err(err)
                     }
                 }
@@ -122,7 +124,7 @@ impl MiddlewareCore {
                 args.get_borrowed_item(1)?.call1((status, headers))?;
                 body_of(py, config, &environ, environ_dict.as_deref(), &rendered)
             }
-            Verdict::Shed { variant, html } => {
+            Verdict::Shed { variant, html, .. } => {
                 let rendition = if html { &variant.html } else { &variant.json };
                 let headers = header_list(py, &rendition.headers)?;
                 args.get_borrowed_item(1)?
@@ -148,18 +150,11 @@ impl MiddlewareCore {
         match config.app.bind(py).call(args, None) {
             Ok(body) => Ok(body.unbind()),
             Err(err) if err.is_instance(py, config.dependency_error.bind(py)) => {
-                config
-                    .decider
-                    .count(crate::metrics::Outcome::FailedFastDependency);
                 // Rendered like every refusal; Python starts the response (PEP 3333's exc_info
                 // rules are its business); the body, or none for HEAD, is sent here.
                 let (environ, start_response) = (args.get_item(0)?, args.get_item(1)?);
                 let error = err.value(py);
-                let rendered = config
-                    .decider
-                    .on_dependency
-                    .bind(py)
-                    .call1((&environ, error))?;
+                let rendered = config.decider.dependency(&environ, error)?;
                 config
                     .start_dependency
                     .bind(py)
@@ -236,8 +231,7 @@ impl ReleasingApp {
             (Ok(body), None) => Ok(body.unbind()),
             (Err(err), slot) => {
                 if let Some((gate, ticket, since)) = slot {
-                    gate.release(ticket);
-                    finished(since);
+                    give_back(&gate, ticket, since);
                 }
                 Err(err)
             }
@@ -270,20 +264,17 @@ enum Slot {
 impl ClosingBody {
     fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            match &self.slot {
-                Slot::Middleware(owner) => {
-                    if let Some(gate) = owner
-                        .get()
-                        .config
-                        .get()
-                        .and_then(|config| config.decider.gate.as_ref())
-                    {
-                        gate.release(self.ticket);
-                    }
-                }
-                Slot::Gate(gate) => gate.release(self.ticket),
+            let gate = match &self.slot {
+                Slot::Middleware(owner) => owner
+                    .get()
+                    .config
+                    .get()
+                    .and_then(|config| config.decider.gate.as_ref()),
+                Slot::Gate(gate) => Some(gate),
+            };
+            if let Some(gate) = gate {
+                give_back(gate, self.ticket, self.since);
             }
-            finished(self.since);
         }
     }
 }

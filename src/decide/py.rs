@@ -72,14 +72,13 @@ impl DecisionCore {
         Ok(
             match decider.decide(py, environ.as_any(), Some(environ), exempt)? {
                 Verdict::Admit(None) => None,
-                Verdict::Admit(Some((gate, ticket))) => {
-                    let since = decider.since();
-                    let permit = Bound::new(py, PermitPy::admitted(gate.clone(), ticket, since))?;
+                Verdict::Admit(Some(admission)) => {
+                    let permit = Bound::new(py, PermitPy::of(admission))?;
                     environ.set_item(intern!(py, PERMIT_KEY), permit)?;
                     None
                 }
                 Verdict::Answer(rendered) => Some(rendered.unbind()),
-                Verdict::Shed { variant, html } => {
+                Verdict::Shed { variant, html, .. } => {
                     let rendition = if html { &variant.html } else { &variant.json };
                     Some(rendition.rendered.clone_ref(py))
                 }
@@ -146,16 +145,12 @@ impl DecisionCore {
     /// the app.
     fn dependency(
         &self,
-        py: Python<'_>,
         environ: &Bound<'_, PyDict>,
         error: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let decider = self.configured()?;
-        decider.count(crate::metrics::Outcome::FailedFastDependency);
-        Ok(decider
-            .on_dependency
-            .bind(py)
-            .call1((environ, error))?
+        Ok(self
+            .configured()?
+            .dependency(environ.as_any(), error)?
             .unbind())
     }
 

@@ -350,17 +350,21 @@ pub struct PermitPy {
     gate: Arc<Gate>,
     ticket: Ticket,
     released: AtomicBool,
-    /// When a decision that counts metrics admitted it (see `decide::finished`).
+    /// When a decision that counts metrics admitted it (see `decide::give_back`).
     since: Option<std::time::Instant>,
 }
 
 impl PermitPy {
     pub fn new(gate: Arc<Gate>, ticket: Ticket) -> Self {
-        Self::admitted(gate, ticket, None)
+        Self::timed(gate, ticket, None)
     }
 
-    /// A permit the decision took at `since` (when metrics time it).
-    pub fn admitted(gate: Arc<Gate>, ticket: Ticket, since: Option<std::time::Instant>) -> Self {
+    /// The permit of a request the decision admitted.
+    pub fn of(admission: crate::decide::Admission<'_>) -> Self {
+        Self::timed(admission.gate.clone(), admission.ticket, admission.since)
+    }
+
+    fn timed(gate: Arc<Gate>, ticket: Ticket, since: Option<std::time::Instant>) -> Self {
         Self {
             gate,
             ticket,
@@ -370,7 +374,7 @@ impl PermitPy {
     }
 
     /// Hands the slot over to the caller (who must release it on `gate` once, with the
-    /// ticket, and pass the admission time to `decide::finished`), unless the permit was
+    /// ticket and the admission time: `decide::give_back`), unless the permit was
     /// already released; the permit then counts as released.
     pub fn take_slot(&self) -> Option<(Arc<Gate>, Ticket, Option<std::time::Instant>)> {
         (!self.released.swap(true, Ordering::AcqRel))
@@ -386,8 +390,7 @@ impl PermitPy {
     pub fn release_once(&self) -> bool {
         let first = !self.released.swap(true, Ordering::AcqRel);
         if first {
-            self.gate.release(self.ticket);
-            crate::decide::finished(self.since);
+            crate::decide::give_back(&self.gate, self.ticket, self.since);
         }
         first
     }
