@@ -34,7 +34,7 @@ use crate::errors::ArgError;
 mod fleet;
 mod py;
 
-pub use fleet::{Fleet, FleetConfig, Record};
+pub use fleet::{Fleet, FleetConfig};
 pub use py::{prepare_module, BreakerPy, CircuitOpenError, TicketPy};
 
 /// How finely the failure-rate window slides: `window / WINDOW_BUCKETS` seconds per step.

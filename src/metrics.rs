@@ -227,15 +227,6 @@ pub struct Named {
 const NO_ENTRY: usize = usize::MAX;
 
 impl Named {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether the entry fitted, so that reports through it are shown.
-    pub fn is_shown(&self) -> bool {
-        self.entry.load(Ordering::Relaxed) != NO_ENTRY
-    }
-
     pub fn set_breaker_state(&self, state: BreakerState) {
         if let Some(slot) = slot() {
             slot.set_named_gauge(self.entry.load(Ordering::Relaxed), state.code());
@@ -410,11 +401,6 @@ pub fn sums() -> Result<Sums, MetricsError> {
         }
         None => Ok(local().sums(&|_| true, false, false)),
     }
-}
-
-/// This process's scrape (see [`sums`]) in `format`.
-pub fn scrape(format: Format) -> Result<String, MetricsError> {
-    Ok(render::render(&render::families(&sums()?), format))
 }
 
 /// The shared file this process holds a slot of, and the slot's index.

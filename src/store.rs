@@ -771,10 +771,6 @@ impl Reach {
     pub fn back(&mut self) -> bool {
         std::mem::replace(&mut self.lost, false)
     }
-
-    pub fn is_lost(&self) -> bool {
-        self.lost
-    }
 }
 
 /// A poller's connections to a Redis store: one for commands, one subscribed to change
