@@ -77,6 +77,15 @@ impl Algorithm {
             )),
         }
     }
+
+    /// The name [`Algorithm::named`] knows it by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Gradient2(_) => "gradient2",
+            Self::Aimd(_) => "aimd",
+            Self::Vegas(_) => "vegas",
+        }
+    }
 }
 
 /// How samples are grouped before an algorithm sees them. Times are seconds.
@@ -317,8 +326,8 @@ impl Rng {
     }
 }
 
-/// What an algorithm wants from the windows for now.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What an algorithm wants from the windows for now; the default: nothing special.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct WindowRule {
     /// Only samples admitted with at most this many in flight count (a baseline probe).
     pub max_inflight: Option<usize>,
@@ -490,12 +499,7 @@ impl Limiter {
     fn rule(&self) -> WindowRule {
         match &self.state {
             State::Gradient2(g) => g.rule(),
-            State::Aimd(_) | State::Vegas(_) => WindowRule {
-                max_inflight: None,
-                samples: None,
-                ignore_length: false,
-                timeout: None,
-            },
+            State::Aimd(_) | State::Vegas(_) => WindowRule::default(),
         }
     }
 

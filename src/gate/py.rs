@@ -193,8 +193,8 @@ impl AdaptiveGatePy {
         let initial = read("initial", initial, defaults.initial_limit)?;
         let min_limit = read("min_limit", min_limit, defaults.min_limit)?;
         let max_limit = read("max_limit", max_limit, defaults.max_limit)?;
-        let algorithm_name: &'static str = match algorithm {
-            None => "gradient2",
+        let algorithm = match algorithm {
+            None => defaults.algorithm.clone(),
             Some(value) => {
                 let Ok(name) = value.cast::<PyString>() else {
                     return Err(ArgError::type_(
@@ -206,25 +206,15 @@ impl AdaptiveGatePy {
                     )
                     .into());
                 };
-                match &*name.to_cow()? {
-                    "gradient2" => "gradient2",
-                    "aimd" => "aimd",
-                    "vegas" => "vegas",
-                    other => {
-                        return Err(ArgError::value(
-                            "algorithm",
-                            format!("must be 'gradient2', 'aimd' or 'vegas', got {other:?}"),
-                        )
-                        .into())
-                    }
-                }
+                Algorithm::named(&name.to_cow()?)?
             }
         };
+        let algorithm_name = algorithm.name();
         let config = LimiterConfig {
             initial_limit: initial,
             min_limit,
             max_limit,
-            algorithm: Algorithm::named(algorithm_name)?,
+            algorithm,
             seed: seed(),
             ..defaults
         };

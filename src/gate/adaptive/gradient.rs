@@ -182,12 +182,7 @@ impl Gradient2 {
                 timeout: Some(self.config.probe_timeout),
             }
         } else {
-            WindowRule {
-                max_inflight: None,
-                samples: None,
-                ignore_length: false,
-                timeout: None,
-            }
+            WindowRule::default()
         }
     }
 
