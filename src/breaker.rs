@@ -293,23 +293,13 @@ pub struct Stats {
     pub probes_started: u64,
 }
 
-/// A local change a shared breaker has for the fleet.
+/// A shared breaker's state as the fleet shares it: a local change it has for the fleet
+/// (`Mailbox::outbox`), or what the fleet says, for it to apply at its next look (`inbox`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Publish {
-    /// Opened here, for `open_for` seconds, until the Unix time `until`.
-    Open { until: f64, open_for: f64 },
-    /// Closed here: its probes succeeded, or it was closed by hand.
-    Closed,
-}
-
-/// What the fleet says, for a shared breaker to apply at its next look.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Remote {
+pub enum Shared {
     /// Open for `open_for` seconds in all, until the Unix time `until` (half-open once past).
-    Open {
-        until: f64,
-        open_for: f64,
-    },
+    Open { until: f64, open_for: f64 },
+    /// Closed: its probes succeeded, or it was closed by hand.
     Closed,
 }
 
@@ -318,10 +308,10 @@ pub enum Remote {
 struct Mailbox {
     shared: bool,
     /// The latest local change not yet taken for publishing; a newer one replaces it.
-    outbox: Option<Publish>,
+    outbox: Option<Shared>,
     /// Bumped with every outbox entry, so a read that predates a local change is dropped.
     published: u64,
-    inbox: Option<Remote>,
+    inbox: Option<Shared>,
     /// Probe reservations held in the store; `None` while the store is out of reach (then
     /// half-open goes by `half_open_max_calls` alone).
     allowance: Option<u32>,
@@ -459,7 +449,7 @@ impl Inner {
         if !elsewhere {
             match to {
                 State::Open => self.publish_open(),
-                State::Closed => self.publish(Publish::Closed),
+                State::Closed => self.publish(Shared::Closed),
                 State::HalfOpen => {}
             }
         }
@@ -471,7 +461,7 @@ impl Inner {
         }
     }
 
-    fn publish(&mut self, change: Publish) {
+    fn publish(&mut self, change: Shared) {
         if self.mail.shared {
             self.mail.outbox = Some(change);
             self.mail.published = self.mail.published.wrapping_add(1);
@@ -480,17 +470,24 @@ impl Inner {
 
     fn publish_open(&mut self) {
         if self.mail.shared {
-            self.publish(Publish::Open {
+            self.publish(Shared::Open {
                 until: crate::clock::now_unix_f64() + self.open_for,
                 open_for: self.open_for,
             });
         }
     }
 
+    /// What a look at the breaker changes: what the fleet said, when anything is waiting;
+    /// otherwise the lazy open -> half-open step, when it is due.
+    fn look(&mut self, config: &Config, now: f64) -> Option<Transition> {
+        self.take_inbox(config, now)
+            .or_else(|| self.poll(config, now))
+    }
+
     /// Applies what the fleet said, if anything is waiting.
     fn take_inbox(&mut self, config: &Config, now: f64) -> Option<Transition> {
         match self.mail.inbox.take()? {
-            Remote::Open { until, open_for } => {
+            Shared::Open { until, open_for } => {
                 let left = (until - crate::clock::now_unix_f64()).clamp(0.0, open_for);
                 if left <= 0.0 {
                     // The fleet's open period is over: half-open, probes under reservation.
@@ -504,7 +501,7 @@ impl Inner {
                 self.open_for = open_for;
                 transition.map(|t| Transition { open_for, ..t })
             }
-            Remote::Closed => (self.state != State::Closed)
+            Shared::Closed => (self.state != State::Closed)
                 .then(|| self.enter(config, State::Closed, Reason::ClosedElsewhere, now)),
         }
     }
@@ -607,14 +604,14 @@ impl Breaker {
     }
 
     /// The local change waiting to be published, with the count of changes so far.
-    pub fn take_publish(&self) -> Option<(Publish, u64)> {
+    pub fn take_publish(&self) -> Option<(Shared, u64)> {
         let mut inner = self.inner.lock();
         let change = inner.mail.outbox.take()?;
         Some((change, inner.mail.published))
     }
 
     /// Puts back a change that could not be published, unless a newer one came meanwhile.
-    pub fn unpublish(&self, change: Publish, published: u64) {
+    pub fn unpublish(&self, change: Shared, published: u64) {
         let mut inner = self.inner.lock();
         if inner.mail.published == published && inner.mail.outbox.is_none() {
             inner.mail.outbox = Some(change);
@@ -629,7 +626,7 @@ impl Breaker {
     /// Leaves what the fleet says for the next look to apply, unless this breaker changed
     /// after `published` was read (then what was read may predate that change). Whether it
     /// was taken.
-    pub fn offer(&self, remote: Remote, published: u64) -> bool {
+    pub fn offer(&self, remote: Shared, published: u64) -> bool {
         let mut inner = self.inner.lock();
         let fresh = inner.mail.published == published;
         if fresh {
@@ -649,10 +646,7 @@ impl Breaker {
     /// at most `probe_timeout` seconds.
     pub fn admit(&self, now: f64) -> (Result<Ticket, Rejected>, Option<Transition>) {
         let mut inner = self.inner.lock();
-        let transition = match inner.take_inbox(&self.config, now) {
-            Some(transition) => Some(transition),
-            None => inner.poll(&self.config, now),
-        };
+        let transition = inner.look(&self.config, now);
         let generation = inner.generation;
         if inner.state == State::HalfOpen {
             inner.expire_probes(now);
@@ -737,10 +731,7 @@ impl Breaker {
     /// The state now, taking the lazy open -> half-open step if it is due.
     pub fn state(&self, now: f64) -> (State, Option<Transition>) {
         let mut inner = self.inner.lock();
-        let transition = match inner.take_inbox(&self.config, now) {
-            Some(transition) => Some(transition),
-            None => inner.poll(&self.config, now),
-        };
+        let transition = inner.look(&self.config, now);
         (inner.state, transition)
     }
 

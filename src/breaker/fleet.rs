@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{Breaker, Publish, Remote, State};
+use super::{Breaker, Shared, State};
 use crate::store::{self, Link, Reach, Reply, StoreError, Uri};
 
 /// The shortest time between two polls, whatever `poll_interval` says.
@@ -396,7 +396,7 @@ impl Worker {
                     self.warned = false;
                     if record.by != self.me {
                         breaker.offer(
-                            Remote::Open {
+                            Shared::Open {
                                 until: record.until,
                                 open_for: record.open_for,
                             },
@@ -418,7 +418,7 @@ impl Worker {
             None => {
                 self.warned = false;
                 if self.following.take().is_some() {
-                    breaker.offer(Remote::Closed, published);
+                    breaker.offer(Shared::Closed, published);
                 }
             }
         }
@@ -445,10 +445,10 @@ impl Worker {
             .saturating_add(self.config.interval().saturating_mul(2))
     }
 
-    fn publish(&mut self, breaker: &Breaker, change: Publish) -> Result<(), StoreError> {
+    fn publish(&mut self, breaker: &Breaker, change: Shared) -> Result<(), StoreError> {
         let key = self.key.clone();
         match change {
-            Publish::Open { until, open_for } => {
+            Shared::Open { until, open_for } => {
                 let record = Record {
                     state: "open".to_owned(),
                     until,
@@ -467,7 +467,7 @@ impl Worker {
                 written?;
                 self.following = Some((bytes, record));
             }
-            Publish::Closed => {
+            Shared::Closed => {
                 let Some((bytes, _)) = &self.following else {
                     return Ok(());
                 };

@@ -596,7 +596,7 @@ fn a_shared_breaker_leaves_its_own_opens_and_closes_for_the_fleet() {
     run(&b, Outcome::Failure, 0.0);
     let before = crate::clock::now_unix_f64();
     let (change, count) = b.take_publish().expect("an open to publish");
-    let Publish::Open { until, open_for } = change else {
+    let Shared::Open { until, open_for } = change else {
         panic!("{change:?}");
     };
     assert_eq!(open_for, 10.0);
@@ -607,7 +607,7 @@ fn a_shared_breaker_leaves_its_own_opens_and_closes_for_the_fleet() {
     assert_eq!(b.state(10.0).0, State::HalfOpen);
     assert_eq!(b.take_publish(), None);
     run(&b, Outcome::Success, 10.0);
-    assert_eq!(b.take_publish().map(|p| p.0), Some(Publish::Closed));
+    assert_eq!(b.take_publish().map(|p| p.0), Some(Shared::Closed));
 }
 
 #[test]
@@ -632,7 +632,7 @@ fn a_failed_publication_is_put_back_unless_a_newer_change_came() {
     assert_eq!(b.take_publish().map(|p| p.0), Some(open));
     b.reset(1.0);
     b.unpublish(open, count);
-    assert_eq!(b.take_publish().map(|p| p.0), Some(Publish::Closed));
+    assert_eq!(b.take_publish().map(|p| p.0), Some(Shared::Closed));
 }
 
 #[test]
@@ -644,7 +644,7 @@ fn the_fleet_opens_and_closes_it_at_the_next_look() {
     let seen = b.published();
     let until = crate::clock::now_unix_f64() + 20.0;
     assert!(b.offer(
-        Remote::Open {
+        Shared::Open {
             until,
             open_for: 30.0
         },
@@ -663,7 +663,7 @@ fn the_fleet_opens_and_closes_it_at_the_next_look() {
     // Applying what the fleet said is not news for the fleet.
     assert_eq!(b.take_publish(), None);
     assert!(b.admit(100.0).0.is_err());
-    assert!(b.offer(Remote::Closed, seen));
+    assert!(b.offer(Shared::Closed, seen));
     let (_, t) = b.admit(101.0);
     assert_eq!(
         t.map(|t| (t.to, t.reason)),
@@ -676,7 +676,7 @@ fn an_open_period_already_over_elsewhere_makes_it_half_open() {
     let b = shared(Config::default());
     let until = crate::clock::now_unix_f64() - 1.0;
     b.offer(
-        Remote::Open {
+        Shared::Open {
             until,
             open_for: 30.0,
         },
@@ -695,7 +695,7 @@ fn what_the_fleet_said_before_a_local_change_is_dropped() {
     });
     let seen = b.published();
     run(&b, Outcome::Failure, 0.0);
-    assert!(!b.offer(Remote::Closed, seen), "read before the local open");
+    assert!(!b.offer(Shared::Closed, seen), "read before the local open");
     assert_eq!(b.state(1.0).0, State::Open);
 }
 
