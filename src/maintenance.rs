@@ -70,6 +70,7 @@ use parking_lot::Mutex;
 
 use crate::store::{self, Conn, Link, Reach, StoreError};
 
+pub(crate) use py::poll_interval_of;
 pub use py::{
     drain_process_py, is_store_uri_py, log_warning, prepare_module, process_draining_py,
     undrain_process_py, write_atomic_py, MaintenanceStatusPy, MaintenanceSwitchPy,

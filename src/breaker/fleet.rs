@@ -34,10 +34,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{Breaker, Shared, State};
+use crate::maintenance::MIN_POLL_INTERVAL;
 use crate::store::{self, Link, Reach, Reply, StoreError, Uri};
-
-/// The shortest time between two polls, whatever `poll_interval` says.
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long before the fleet's open period ends a breaker with calls waiting takes its probe
 /// reservation, so the first call after it can probe.

@@ -163,15 +163,7 @@ fn store(value: &Bound<'_, PyAny>) -> PyResult<Option<crate::store::Uri>> {
 /// Seconds between two looks at the store: a finite number >= 0 (10 ms at least in effect).
 fn poll_interval(value: &Bound<'_, PyAny>) -> PyResult<Duration> {
     let seconds = number("poll_interval", value)?;
-    if !(seconds.is_finite() && seconds >= 0.0) {
-        return Err(ArgError::value(
-            "poll_interval",
-            format!("must be a finite number of seconds >= 0, got {seconds}"),
-        )
-        .into());
-    }
-    Ok(Duration::try_from_secs_f64(seconds)
-        .map_err(|_| ArgError::value("poll_interval", format!("is out of range: {seconds}")))?)
+    Ok(crate::maintenance::poll_interval_of(seconds)?)
 }
 
 fn exclude(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyTuple>>> {

@@ -190,6 +190,12 @@ fn extract_poll_interval(value: Given<'_>) -> Result<Duration, ArgError> {
             format!("must be a number of seconds, got {}", type_name(&value)),
         ));
     };
+    poll_interval_of(seconds)
+}
+
+/// A `poll_interval` of `seconds`, for a maintenance switch or a shared breaker: a finite
+/// number >= 0 (at least `MIN_POLL_INTERVAL` in effect).
+pub(crate) fn poll_interval_of(seconds: f64) -> Result<Duration, ArgError> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(ArgError::value(
             "poll_interval",
