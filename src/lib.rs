@@ -55,6 +55,7 @@ mod _tidegate {
         crate::metrics::prepare_module(m)?;
         m.add("EXEMPT_GATE", crate::decide::EXEMPT_GATE)?;
         m.add("EXEMPT_MAINTENANCE", crate::decide::EXEMPT_MAINTENANCE)?;
+        m.add("MAX_QUEUE_TIME", crate::decide::queue::MAX_BELIEVABLE)?;
         m.add("PRIORITY_CRITICAL", crate::decide::PRIORITY_CRITICAL)?;
         m.add("PRIORITY_DEFAULT", crate::decide::PRIORITY_DEFAULT)?;
         m.add("PRIORITY_SHEDDABLE", crate::decide::PRIORITY_SHEDDABLE)?;

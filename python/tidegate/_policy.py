@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidegate._options import DEFAULTS, OPTION_NAMES, MaintenanceOption, Options, unknown_option
 from tidegate._tidegate import (
+    MAX_QUEUE_TIME,
     PRIORITY_CRITICAL,
     PRIORITY_DEFAULT,
     PRIORITY_SHEDDABLE,
@@ -83,10 +84,6 @@ def priority_flag(level: object) -> int:
 #: is refused once half the limit is busy, a default one at 90 %, a critical one only when the
 #: whole limit is.
 DEFAULT_PRIORITY_SHARES = {"critical": 1.0, "default": 0.9, "sheddable": 0.5}
-
-#: Longer than this, ``max_queue_time`` could never be exceeded: the core takes a longer wait
-#: for clocks that disagree.
-MAX_QUEUE_TIME = 600.0
 
 
 def _whole(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -339,11 +336,9 @@ class Policy:
         self.priority = priority
         self.priority_shares = _shares(options["priority_shares"])
         priority_header = options["priority_header"]
-        self.priority_header: str | None = None
         self._priority_key: str | None = None
         if priority_header is not None:
-            self.priority_header = _header_name(priority_header, "priority_header")
-            self._priority_key = _environ_key(self.priority_header)
+            self._priority_key = _environ_key(_header_name(priority_header, "priority_header"))
         #: Shares apply from the start when priorities are configured (a marked view turns
         #: them on when it is first asked for).
         self.priorities = (
@@ -494,14 +489,12 @@ class Policy:
         comes from a trusted proxy or a bypass network, else what the ``priority`` callable
         says; ``default`` for anything else, an error of the callable's included (logged
         once)."""
-        if self._priority_key is not None and (
-            self.trusted_proxies > 0 or self.in_bypass_network(environ)
-        ):
+        if self._priority_key is not None:
             offered = environ.get(self._priority_key)
-            if isinstance(offered, str):
-                level = LEVELS.get(offered.strip().lower())
-                if level is not None:
-                    return level
+            level = LEVELS.get(offered.strip().lower()) if isinstance(offered, str) else None
+            # Who sent it is asked only of a header that names a level: a cheap look first.
+            if level is not None and (self.trusted_proxies > 0 or self.in_bypass_network(environ)):
+                return level
         if self.priority is None:
             return 1
         try:

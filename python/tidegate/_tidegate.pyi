@@ -23,6 +23,7 @@ __version__: str
 __all__ = [
     "EXEMPT_GATE",
     "EXEMPT_MAINTENANCE",
+    "MAX_QUEUE_TIME",
     "PRIORITY_CRITICAL",
     "PRIORITY_DEFAULT",
     "PRIORITY_SHEDDABLE",
@@ -362,6 +363,9 @@ def metrics_health_check(name: str, up: bool) -> None:
 EXEMPT_GATE: int
 #: ``exempt`` flag of :meth:`DecisionCore.decide`: the request's view skips maintenance.
 EXEMPT_MAINTENANCE: int
+#: The longest wait in front of the app the core believes (seconds); a longer one is taken
+#: for clocks that disagree, so ``max_queue_time`` may be at most this.
+MAX_QUEUE_TIME: float
 #: Priority flags of :meth:`DecisionCore.decide` (at most one): the request's view is critical,
 #: default or sheddable.
 PRIORITY_CRITICAL: int
