@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
-from harness import HOST, Load, closed_loop, fmt, gunicorn, serving, versions
+from harness import HOST, Load, closed_loop, fmt, gunicorn, ratio, serving, versions
 
 from tidegate.wsgi import TideGateMiddleware
 
@@ -367,13 +367,13 @@ def auto_limit(pools: list[int], quick: bool) -> bool:
         ok &= check(f"N={pool} limit settled within [0.75N, 2N] at (s)", settle, 10.0, True)
         ok &= check(
             f"N={pool} success p90 / ungated",
-            None if p90 is None or not base_p90 else p90 / base_p90,
+            ratio(p90, base_p90),
             0.35,
             True,
         )
         ok &= check(
             f"N={pool} successes / ungated",
-            None if not base.rate(200) else gated.rate(200) / base.rate(200),
+            ratio(gated.rate(200), base.rate(200)),
             0.85,
             False,
         )

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from harness import Load, closed_loop, fmt, medians, percent, serving, uvicorn, versions
+from harness import Load, closed_loop, fmt, medians, percent, ratio, serving, uvicorn, versions
 
 from tidegate.asgi import TideGateMiddleware
 
@@ -179,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         ("ungated", "success p90 ms", True, 0.35),
         ("ungated", "successes/s", False, 0.85),
     ):
-        ratio = _ratio(ours[figure], summaries[case][figure])
-        ok = ratio is not None and (ratio <= bound if at_most else ratio >= bound)
+        share = ratio(ours[figure], summaries[case][figure])
+        ok = share is not None and (share <= bound if at_most else share >= bound)
         label = f"{figure} / {case}'s"
-        checks.append((label, ratio, f"{'<=' if at_most else '>='} {bound:.2f}", ok))
+        checks.append((label, share, f"{'<=' if at_most else '>='} {bound:.2f}", ok))
     print("Targets for tidegate:")
-    for label, ratio, bound, ok in checks:
-        print(f"  {label:40}{fmt(ratio, 3):>8}   target {bound}   {'met' if ok else 'MISSED'}")
+    for label, share, target, ok in checks:
+        print(f"  {label:40}{fmt(share, 3):>8}   target {target}   {'met' if ok else 'MISSED'}")
     every = refusals_unhinted == 0
     print(
         f"  every refusal carried Retry-After: {refused - refusals_unhinted} of {refused}"
@@ -195,18 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"Against {NEVER_REFUSES} (it never refuses here, so it is the ungated app): success "
-        f"p90 {fmt(_ratio(p90, never['success p90 ms']), 2)} x, successes/s "
-        f"{fmt(_ratio(goodput, never['successes/s']), 3)} x. With 8 permits for 8 connections "
+        f"p90 {fmt(ratio(p90, never['success p90 ms']), 2)} x, successes/s "
+        f"{fmt(ratio(goodput, never['successes/s']), 3)} x. With 8 permits for 8 connections "
         f"a connection idles while its answer travels back and the client's next request "
         f"arrives; a queue in front of the pool never lets it idle."
     )
     missed = [label for label, _, _, ok in checks if not ok] + ([] if every else ["Retry-After"])
     print("targets met" if not missed else f"TARGETS MISSED: {'; '.join(missed)}")
     return 0 if not missed or args.quick else 1
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
 
 
 def _version(name: str) -> str:

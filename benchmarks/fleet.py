@@ -38,7 +38,7 @@ from typing import Any
 
 from harness import Load, closed_loop, fmt, gunicorn, serving, versions
 from redis_server import RedisServer, redis_missing
-from request_cost import per_request_us
+from request_cost import added, measure
 
 from tidegate import MaintenanceSwitch
 from tidegate.wsgi import TideGateMiddleware
@@ -65,18 +65,9 @@ def cost(redis: RedisServer, rounds: int, n: int) -> dict[str, float]:
         "Redis store": TideGateMiddleware(bare_app, limit=64, maintenance=redis.uri(key="cost")),
     }
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    samples: dict[str, list[float]] = {name: [] for name in apps}
-    names = list(apps)
-    for turn in range(rounds):
-        # Each round starts with another candidate, so none always runs first or last.
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
-            samples[name].append(per_request_us(apps[name], environ, n))
+    samples = measure({name: (app, environ, n) for name, app in apps.items()}, rounds)
     folder.cleanup()
-    bare = samples["bare app"]
-    return {
-        name: statistics.median(s - b for s, b in zip(samples[name], bare, strict=True))
-        for name in ("state file", "Redis store")
-    }
+    return {name: added(samples, name, "bare app") for name in ("state file", "Redis store")}
 
 
 def last_seen(reader: MaintenanceSwitch, workers: int, active: bool, since: float) -> float:

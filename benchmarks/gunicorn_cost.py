@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from harness import Load, closed_loop, fmt, gunicorn, percent, serving, versions
+from harness import Load, closed_loop, fmt, gunicorn, percent, ratio, serving, versions
 
 from tidegate import CapacityGate
 from tidegate.responses import ErrorPages
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     def compare(mine: str, base: str, what: str) -> None:
-        rate = _ratio(median(mine, "rate"), median(base, "rate"))
+        rate = ratio(median(mine, "rate"), median(base, "rate"))
         mine_us, base_us = median(mine, "server_us"), median(base, "server_us")
         added = None if mine_us is None or base_us is None else mine_us - base_us
         print(
@@ -159,10 +159,6 @@ def _figure(load: Load, figure: str) -> float | None:
     if figure == "server_us":
         return load.server_us_per_answer()
     return 100 * load.client_cpu_share()
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
 
 
 if __name__ == "__main__":

@@ -385,6 +385,11 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def ratio(value: float | None, base: float | None) -> float | None:
+    """``value / base``; ``None`` when either is missing or ``base`` is 0."""
+    return None if value is None or not base else value / base
+
+
 def percent(share: float | None) -> float | None:
     """A share (1.0 is all) as a percentage."""
     return None if share is None else 100 * share

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
-from harness import Load, closed_loop, fmt, gunicorn, medians, percent, serving, versions
+from harness import Load, closed_loop, fmt, gunicorn, medians, percent, ratio, serving, versions
 
 from tidegate.wsgi import TideGateMiddleware
 
@@ -119,10 +119,6 @@ def summarise(loads: list[Load]) -> dict[str, float | None]:
     return medians(loads, figures)
 
 
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -184,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in CASES[1:]:
         print(f"Targets, {case}, against ungated:")
         for target in TARGETS:
-            value = _ratio(summaries[case][target.figure], base[target.baseline])
+            value = ratio(summaries[case][target.figure], base[target.baseline])
             ok = target.met(value)
             print(
                 f"  {target.label:36}{fmt(value, 3):>8}   target {target.bound}   "

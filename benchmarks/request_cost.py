@@ -381,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"tidegate's 503 is {cheaper:.0f} x cheaper than the seed's Flask 503 (target >= 50)")
     print(f"tidegate's full 503 costs {bare_503:.2f} x the careful gate's bare 503 (<= 1.25)")
-    metrics_cost = statistics.median(
-        on - off for on, off in zip(metrics_rounds["on"], metrics_rounds["off"], strict=True)
-    )
+    metrics_cost = added(metrics_rounds, "on", "off")
     print(f"metrics on add {metrics_cost:.3f} us to an admitted request (target <= 0.15)")
     met = (
         ratio <= 0.25

@@ -109,10 +109,7 @@ def test_a_streamed_body_holds_its_permit_until_the_last_body(recorder: Recorder
         async def send(message: Message) -> None:
             seen.append(app.gate.in_flight)
 
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b""}
-
-        await app(scope_for("GET", "/stream"), receive, send)
+        await app(scope_for("GET", "/stream"), empty_body, send)
 
     run(watching_send_loop())
     # start, three chunks with more_body, the last body: held while any is on its way.
@@ -567,11 +564,8 @@ def test_lifespan_shutdown_drains_before_the_app_hears_of_it() -> None:
         async def receive() -> Message:
             return inbox.pop(0)
 
-        async def send(message: Message) -> None:
-            pass
-
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
-        await middleware(app, limit=1)(scope, receive, send)
+        await middleware(app, limit=1)(scope, receive, ignore)
 
     try:
         run(go())
