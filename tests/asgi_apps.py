@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI
-from gunicorn_apps import CHUNK, Meter
+from gunicorn_apps import CHUNK, Meter, state_switch
 from servers import STATS_PATH
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -41,17 +41,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tidegate import CapacityGate, MaintenanceSwitch
-from tidegate.asgi import TideGateMiddleware
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from tidegate import CapacityGate
+from tidegate.asgi import ASGIApp as App
+from tidegate.asgi import Message, Receive, Scope, Send, TideGateMiddleware
 
 LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
-STATE_ENV = "TIDEGATE_TEST_STATE"
 GATE_WEBSOCKETS_ENV = "TIDEGATE_TEST_GATE_WEBSOCKETS"
 PID_HEADER = "x-worker-pid"
 
@@ -60,18 +54,10 @@ GATE = CapacityGate(LIMIT)
 meter = Meter()
 
 
-def _switch() -> MaintenanceSwitch | bool:
-    state = os.environ.get(STATE_ENV)
-    if state is None:
-        return False
-    # A short poll interval: the tests switch maintenance through the file.
-    return MaintenanceSwitch(state, env_var=None, poll_interval=0.05)
-
-
 #: The middleware's options, the same for every app.
 OPTIONS: dict[str, Any] = {
     "gate": GATE,
-    "maintenance": _switch(),
+    "maintenance": state_switch() or False,
     "exempt_paths": [STATS_PATH],
     "gate_websockets": os.environ.get(GATE_WEBSOCKETS_ENV) == "1",
 }
@@ -184,13 +170,29 @@ async def _echo(receive: Receive, send: Send) -> None:
         await send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """A lifespan scope, for an app with nothing to start or stop: each event completes."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    """``/ws`` in Starlette and FastAPI: echoes each text message until the client leaves."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        return
+
+
 async def bare(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await serve_lifespan(receive, send)
+        return
     if scope["type"] == "websocket":
         await _echo(receive, send)
         return
@@ -235,21 +237,13 @@ def _starlette() -> App:
     async def stats_view(request: Request) -> JSONResponse:
         return JSONResponse(stats())
 
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            while True:
-                await websocket.send_text(await websocket.receive_text())
-        except WebSocketDisconnect:
-            return
-
     return Starlette(
         routes=[
             Route("/work", work_view),
             Route("/stream", stream_view),
             Route("/sse", sse_view),
             Route(STATS_PATH, stats_view),
-            WebSocketRoute("/ws", echo),
+            WebSocketRoute("/ws", ws_echo),
         ],
         middleware=[Middleware(TideGateMiddleware, **OPTIONS)],
     )
@@ -282,15 +276,7 @@ def _fastapi() -> App:
     async def stats_view() -> dict[str, Any]:
         return stats()
 
-    @api.websocket("/ws")
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            while True:
-                await websocket.send_text(await websocket.receive_text())
-        except WebSocketDisconnect:
-            return
-
+    api.add_api_websocket_route("/ws", ws_echo)
     return api
 
 

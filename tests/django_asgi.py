@@ -31,11 +31,11 @@ import django_site
 from asgi_apps import (
     OPTIONS,
     STATS_PATH,
-    Message,
     Receive,
     Scope,
     Send,
     event,
+    serve_lifespan,
     stats,
     tagged,
     tick,
@@ -89,11 +89,7 @@ async def project(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "lifespan":
         await django_application(scope, receive, send)
         return
-    while True:
-        message: Message = await receive()
-        await send({"type": message["type"] + ".complete"})
-        if message["type"] == "lifespan.shutdown":
-            return
+    await serve_lifespan(receive, send)
 
 
 application = tagged(TideGateMiddleware(project, **OPTIONS))

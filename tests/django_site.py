@@ -38,17 +38,16 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from gunicorn_apps import Meter, Stream
+from gunicorn_apps import Meter, Stream, state_switch
 from servers import STATS_PATH
 
-from tidegate import CapacityGate, CircuitBreaker, MaintenanceSwitch
+from tidegate import CapacityGate, CircuitBreaker
 from tidegate.django import exempt
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 LIMIT = int(os.environ.get("TIDEGATE_TEST_LIMIT", "4"))
-STATE_ENV = "TIDEGATE_TEST_STATE"
 #: The gate of the served project (the in-process tests bring their own).
 GATE = CapacityGate(LIMIT)
 #: Opened afresh before every call through it, so each dependency 503 says the same
@@ -66,10 +65,7 @@ class Boom(Exception):
 
 def served_options() -> dict[str, Any]:
     """``settings.TIDEGATE`` as Gunicorn serves the project."""
-    state = os.environ.get(STATE_ENV)
-    # A short poll interval: the tests switch maintenance through the file.
-    switch = None if state is None else MaintenanceSwitch(state, env_var=None, poll_interval=0.05)
-    return {"gate": GATE, "maintenance": switch}
+    return {"gate": GATE, "maintenance": state_switch()}
 
 
 if not settings.configured:

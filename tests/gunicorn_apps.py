@@ -244,14 +244,18 @@ def conformance_app(environ: WSGIEnvironment, start_response: StartResponse) -> 
     return measured_app(environ, start_response)
 
 
-def _conformance_application() -> TideGateMiddleware:
+def state_switch() -> MaintenanceSwitch | None:
+    """The switch on the state file ``TIDEGATE_TEST_STATE`` names, if it names one; a short
+    poll interval, since the tests switch maintenance and drain through the file."""
     state = os.environ.get(STATE_ENV)
-    # A short poll interval: the tests switch maintenance and drain through the file.
-    switch = None if state is None else MaintenanceSwitch(state, env_var=None, poll_interval=0.05)
+    return None if state is None else MaintenanceSwitch(state, env_var=None, poll_interval=0.05)
+
+
+def _conformance_application() -> TideGateMiddleware:
     return TideGateMiddleware(
         conformance_app,
         limit=1,
-        maintenance=switch,
+        maintenance=state_switch(),
         health=HealthChecks(),
         exempt_paths=[HOLD_PATH, RELEASE_PATH],
         retry_after=CONFORMANCE_RETRY_AFTER,

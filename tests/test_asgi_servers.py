@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgi_apps import GATE_WEBSOCKETS_ENV, PID_HEADER, STATE_ENV
+from asgi_apps import GATE_WEBSOCKETS_ENV, PID_HEADER
 from conftest import require
-from gunicorn_apps import CHUNK
+from gunicorn_apps import CHUNK, STATE_ENV
 from servers import (
     ASGI_SERVERS,
     STATS_PATH,
