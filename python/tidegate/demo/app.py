@@ -16,13 +16,15 @@ from urllib.parse import parse_qs
 
 from tidegate._policy import PolicyParts
 from tidegate._tidegate import MaintenanceSwitch
+from tidegate.asgi import ASGIApp
+from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
 from tidegate.breaker import CircuitBreaker
 from tidegate.demo.servers import Running, serve_asgi, serve_wsgi
 from tidegate.health import HealthChecks
 from tidegate.wsgi import TideGateMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 LIMIT = 8
 #: How long the fake dependency takes to fail when it is down (a timeout, say).
@@ -180,17 +182,9 @@ def start(folder: Path, *, asgi: str | None = None) -> tuple[Stage, Running]:
         "health": health,
         "metrics_path": METRICS_PATH,
     }
-    app: PolicyParts
-    running: Running
-    if asgi is None:
-        app = TideGateMiddleware(ShopApp(inventory, breaker), **options)
-        running = serve_wsgi(app)
-    else:
-        from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
-
-        asgi_app = AsgiMiddleware(AsgiShopApp(inventory, breaker), **options)
-        app = asgi_app
-        running = serve_asgi(asgi_app, asgi)
+    app, running = _serve(
+        ShopApp(inventory, breaker), AsgiShopApp(inventory, breaker), asgi, options
+    )
     stage = Stage(
         port=running.port,
         app=app,
@@ -248,10 +242,16 @@ class AsgiPoolApp:
 def serve_auto(asgi: str | None = None) -> tuple[PolicyParts, Running]:
     """The pool app behind ``limit="auto"``, nothing else configured, on a port of its own;
     with ``asgi`` the ASGI pool app, served by that server."""
-    if asgi is None:
-        app = TideGateMiddleware(PoolApp(), limit="auto", maintenance=False)
-        return app, serve_wsgi(app)
-    from tidegate.asgi import TideGateMiddleware as AsgiMiddleware
+    return _serve(PoolApp(), AsgiPoolApp(), asgi, {"limit": "auto", "maintenance": False})
 
-    asgi_app = AsgiMiddleware(AsgiPoolApp(), limit="auto", maintenance=False)
-    return asgi_app, serve_asgi(asgi_app, asgi)
+
+def _serve(
+    wsgi_app: WSGIApplication, asgi_app: ASGIApp, asgi: str | None, options: dict[str, Any]
+) -> tuple[PolicyParts, Running]:
+    """``wsgi_app`` behind tidegate with ``options``, served on a port of its own; with
+    ``asgi``, ``asgi_app`` instead, served by that ASGI server."""
+    if asgi is None:
+        app = TideGateMiddleware(wsgi_app, **options)
+        return app, serve_wsgi(app)
+    gated = AsgiMiddleware(asgi_app, **options)
+    return gated, serve_asgi(gated, asgi)

@@ -11,18 +11,16 @@ import importlib.util
 import socket
 import socketserver
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from tidegate.asgi import ASGIApp, Message
+
 HOST = "127.0.0.1"
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 #: The ASGI servers the demo can use, best first.
 ASGI_SERVERS = ("uvicorn", "asyncio")
