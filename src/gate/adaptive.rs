@@ -275,15 +275,6 @@ impl Window {
         }
     }
 
-    fn add(&mut self, rtt: f64, inflight: usize, dropped: bool) {
-        self.count = self.count.saturating_add(1);
-        self.sum_rtt += rtt;
-        self.min_rtt = self.min_rtt.min(rtt);
-        self.sum_inflight += inflight as f64;
-        self.max_inflight = self.max_inflight.max(inflight);
-        self.dropped |= dropped;
-    }
-
     fn merge(&mut self, batch: &Batch) {
         self.count = self.count.saturating_add(batch.count);
         self.sum_rtt += batch.sum_rtt;
@@ -427,14 +418,18 @@ impl Limiter {
         {
             return None;
         }
-        let rule = self.rule();
-        let counts = now_secs - rtt_secs >= self.admitted_after
-            && rule.max_inflight.is_none_or(|cap| inflight <= cap);
-        let window = self.open_window(now_secs);
-        if counts {
-            window.add(rtt_secs, inflight, dropped);
-        }
-        self.close_if_due(now_secs, rule)
+        let (admitted_after, cap) = self.filter();
+        let counts = now_secs - rtt_secs >= admitted_after && cap.is_none_or(|cap| inflight <= cap);
+        // A batch of this one sample, or of none (it may still close a window that is due).
+        let batch = Batch {
+            count: u32::from(counts),
+            sum_rtt: if counts { rtt_secs } else { 0.0 },
+            min_rtt: if counts { rtt_secs } else { f64::INFINITY },
+            sum_inflight: if counts { inflight as f64 } else { 0.0 },
+            max_inflight: if counts { inflight } else { 0 },
+            dropped: counts && dropped,
+        };
+        self.on_batch(now_secs, &batch)
     }
 
     /// Many samples at once, already summed (and already filtered by [`Limiter::filter`] and
